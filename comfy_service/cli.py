@@ -10,8 +10,9 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="comfy-service", description=__doc__)
-    parser.add_argument("command", choices=["sim", "up"],
-                        help="sim: a simulated ComfyUI node; up: the local stack on defaults")
+    parser.add_argument("command", choices=["gateway", "worker", "sim", "up"],
+                        help="gateway: REST API v1; worker: runs tasks on ComfyUI nodes; "
+                             "sim: a simulated ComfyUI node; up: the local stack on defaults")
     if not args or args[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if args else 2
@@ -19,6 +20,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "sim":
         from comfyui_sim.cli import main as sim_main
         return sim_main(rest)
+    if command == "gateway":
+        from gateway.main import main as gateway_main
+        return gateway_main(rest)
+    if command == "worker":
+        from actors.worker_main import main as worker_main
+        return worker_main(rest)
     if command == "up":
         from comfy_service.devstack import main as up_main
         return up_main(rest)

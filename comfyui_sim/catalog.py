@@ -114,22 +114,26 @@ def _input_spec(name: str, entry: list[Any], required: bool) -> InputSpec:
     )
 
 
-def node_classes(inventory: ModelInventory) -> dict[str, NodeClass]:
-    """Typed view of object_info() used by validation and execution."""
+def parse_object_info(info: dict[str, dict[str, Any]]) -> dict[str, NodeClass]:
+    """Typed view of an /object_info answer, as validation and execution use it."""
     classes: dict[str, NodeClass] = {}
-    for name, spec in object_info(inventory).items():
+    for name, spec in info.items():
         inputs: dict[str, InputSpec] = {}
         for section in ("required", "optional"):
-            for input_name, entry in spec["input"].get(section, {}).items():
+            for input_name, entry in (spec.get("input") or {}).get(section, {}).items():
                 inputs[input_name] = _input_spec(input_name, entry, section == "required")
         classes[name] = NodeClass(
             name=name,
             inputs=inputs,
-            outputs=tuple(spec["output"]),
+            outputs=tuple(spec.get("output") or ()),
             output_node=bool(spec.get("output_node")),
             spec=spec,
         )
     return classes
+
+
+def node_classes(inventory: ModelInventory) -> dict[str, NodeClass]:
+    return parse_object_info(object_info(inventory))
 
 
 def inventory_from_dirs(models_dir: pathlib.Path, input_dir: pathlib.Path,

@@ -7,6 +7,7 @@ transcripts in shared/comfyui-protocol record them (see docs/simulator.md).
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import time
 from collections.abc import Callable, Mapping
@@ -189,6 +190,8 @@ class Executor:
 
     # --- execution ---------------------------------------------------------------------------
     async def execute(self, item: QueueItem) -> tuple[dict[str, Any], dict[str, Any]]:
+        if self.faults.state.crash_on_prompt:
+            os._exit(3)  # a ComfyUI that dies as it takes the next prompt
         self._interrupt = False
         run = _Run(item, item.extra_data.get("client_id"))
         self.client_id = run.client_id

@@ -17,13 +17,14 @@ class FaultSettings:
     refuse_ws: bool = False
     step_ms: float | None = None
     crash: bool = False
+    crash_on_prompt: bool = False
 
 
 class Faults:
     """Current faults; the executor, the HTTP layer and the WebSocket layer all consult it."""
 
     FIELDS = {"fail_next": int, "failure_message": str, "hang": bool, "refuse_ws": bool,
-              "step_ms": float, "crash": bool}
+              "step_ms": float, "crash": bool, "crash_on_prompt": bool}
 
     def __init__(self) -> None:
         self.state = FaultSettings()

@@ -1,0 +1,341 @@
+"""One task on one node: submit (or re-attach), follow it to its end, store outputs, free the slot.
+
+Outcomes: succeeded with outputs; failed with execution_error, invalid_workflow or timeout;
+cancelled; or, when the node is lost, back in the ready queue with one attempt spent (failed
+with node_lost once MAX_ATTEMPTS is reached). A result that arrives for an attempt that is no
+longer current (the task already moved to another node) is discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import pathlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors import tasks
+from actors.node_link import LOST, NodeLink
+from actors.store import TaskStore
+from actors.tasks import TaskRecord
+from comfy_service import metrics
+from comfy_service.errors import ExecutionError, NodeLost, TaskFailure, TaskTimeout
+from comfy_service.logs import event
+from comfy_service.settings import Settings
+
+log = logging.getLogger("actors.execution")
+
+SILENCE_CHECK_S = 2.0      # no message for this long: look the prompt up in history
+ADOPTED_POLL_S = 0.25      # an adopted prompt reports to the dead worker's socket: poll
+PROGRESS_WRITE_S = 0.2     # at most this often a progress update is written to Redis
+CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                 ".webp": "image/webp", ".gif": "image/gif"}
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _StaleAttempt(Exception):
+    """The record moved on (another attempt, or it ended): this run's result is discarded."""
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    store: TaskStore
+    links: dict[str, NodeLink]
+    owned: dict[str, TaskRun] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def output_path(output_dir: pathlib.Path, task_id: str, index: int, filename: str) -> pathlib.Path:
+    """Where output `index` of a task lives: derived from the task, so a retry overwrites it."""
+    suffix = pathlib.Path(filename).suffix.lower() or ".bin"
+    return output_dir / task_id / f"{index}{suffix}"
+
+
+class TaskRun:
+    def __init__(self, ctx: WorkerContext, task_id: str, link: NodeLink,
+                 adopted: bool = False) -> None:
+        self.ctx = ctx
+        self.task_id = task_id
+        self.link = link
+        self.adopted = adopted
+        self.attempt = 0
+        self._cancel = asyncio.Event()
+        self._deadline: float | None = None
+        self._interrupt_sent = False
+        self._last_progress_write = 0.0
+        self._messages: asyncio.Queue[dict[str, Any]] | None = None
+        self.handle: asyncio.Task[None] | None = None
+
+    def request_cancel(self) -> None:
+        self._cancel.set()
+        if self._messages is not None:
+            self._messages.put_nowait({"type": "_wake"})  # react now, not at the next poll
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def run(self) -> None:
+        store, started = self.ctx.store, time.monotonic()
+        messages = self._messages = self.link.follow(self.task_id)
+        outcome = "released"
+        try:
+            record = await store.get(self.task_id)
+            if record is None or record.final:
+                return
+            if self.adopted:
+                self.attempt = record.attempts
+                event(log, "task.adopted", task_id=self.task_id, node=self.link.name,
+                      attempt=record.attempts)
+                outcome = await self._reattach(record, messages)
+            else:
+                try:
+                    record = await store.update(self.task_id,
+                                                lambda r: tasks.bound(r, self.link.name))  # type: ignore[assignment]
+                except tasks.InvalidTransition:
+                    return
+                assert record is not None
+                self.attempt = record.attempts
+                event(log, "task.bound", task_id=self.task_id, node=self.link.name,
+                      attempt=self.attempt)
+                await self.link.http.submit(record.graph, self.task_id, self.link.client_id)
+                outcome = await self._follow(record, messages, poll=False)
+        except _StaleAttempt:
+            outcome = "stale"
+        except _Cancelled:
+            outcome = await self._finish_cancelled()
+        except NodeLost as exc:
+            outcome = await self._node_lost(exc)
+        except TaskFailure as exc:
+            outcome = await self._fail(exc)
+        except asyncio.CancelledError:
+            outcome = "handed-off"  # worker shutting down: the lease lapses, another adopts
+            raise
+        except Exception as exc:  # a bug must not leave the task hanging: fail it with a reason
+            event(log, "task.crashed", logging.ERROR, exc_info=True, task_id=self.task_id)
+            outcome = await self._fail(TaskFailure(f"internal error: {type(exc).__name__}"))
+        finally:
+            self.link.unfollow(self.task_id)
+            self.ctx.owned.pop(self.task_id, None)
+            if outcome != "handed-off":
+                await store.release(self.link.name, self.task_id)
+                self.ctx.wake.set()
+            event(log, "task.run_ended", task_id=self.task_id, node=self.link.name,
+                  attempt=self.attempt, outcome=outcome,
+                  duration_ms=int((time.monotonic() - started) * 1000))
+
+    # --- following the prompt ----------------------------------------------------------------
+    async def _follow(self, record: TaskRecord, messages: asyncio.Queue[dict[str, Any]],
+                      poll: bool) -> str:
+        timeout_s = record.timeout_s or self.ctx.settings.default_timeout_s
+        if record.status == tasks.RUNNING:
+            self._deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        wait_s = ADOPTED_POLL_S if poll else 0.5
+        while True:
+            if self._cancel.is_set():
+                await self._stop_on_node(record)
+                self._cancel.clear()
+            if self._deadline is not None and time.monotonic() > self._deadline \
+                    and not self._interrupt_sent:
+                await self._send_interrupt()
+            try:
+                message = await asyncio.wait_for(messages.get(), wait_s)
+            except TimeoutError:
+                if poll or time.monotonic() - quiet_since > SILENCE_CHECK_S:
+                    quiet_since = time.monotonic()
+                    entry = await self.link.http.history(self.task_id)
+                    if entry is not None:
+                        return await self._from_history(entry)
+                    if poll:
+                        running, pending = await self.link.http.queue()
+                        if self.task_id in running and record.status != tasks.RUNNING:
+                            record = await self._started()
+                            self._deadline = time.monotonic() + timeout_s
+                        elif self.task_id not in running + pending:
+                            raise NodeLost("the prompt vanished from its node") from None
+                await self._check_cancel_flag()
+                continue
+            quiet_since = time.monotonic()
+            kind = message["type"]
+            data = message.get("data") or {}
+            if message is LOST:
+                raise NodeLost(f"lost the connection to {self.link.name}")
+            if kind == "execution_start":
+                record = await self._started()
+                self._deadline = time.monotonic() + timeout_s
+            elif kind == "progress":
+                await self._progress(data.get("value", 0), data.get("max", 0))
+            elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+                entry = await self.link.http.history(self.task_id)
+                if entry is None:  # history lags the message by a moment
+                    continue
+                return await self._from_history(entry)
+
+    async def _reattach(self, record: TaskRecord, messages: asyncio.Queue[dict[str, Any]]) -> str:
+        """Pick up a task whose worker died: it may have finished, be running, or be unknown."""
+        if not self.link.healthy and not await self.link.wait_up(2.0):
+            raise NodeLost(f"{self.link.name} is down")
+        entry = await self.link.http.history(self.task_id)
+        if entry is not None:
+            return await self._from_history(entry)
+        running, pending = await self.link.http.queue()
+        if self.task_id in running or self.task_id in pending:
+            return await self._follow(record, messages, poll=True)
+        event(log, "task.resubmitted", task_id=self.task_id, node=self.link.name)
+        if record.status == tasks.RUNNING:
+            record = await self._update(tasks.requeued)
+            record = await self._update(lambda r: tasks.bound(r, self.link.name))
+            self.attempt = record.attempts
+        await self.link.http.submit(record.graph, self.task_id, self.link.client_id)
+        return await self._follow(record, messages, poll=False)
+
+    async def _from_history(self, entry: dict[str, Any]) -> str:
+        status = entry.get("status") or {}
+        if status.get("status_str") == "success":
+            return await self._succeed(entry)
+        last = (status.get("messages") or [[None, {}]])[-1]
+        kind, data = last[0], last[1] if len(last) > 1 else {}
+        if kind == "execution_error":
+            raise ExecutionError(str(data.get("exception_message", "")).strip(), {
+                "node_id": data.get("node_id"), "node_type": data.get("node_type"),
+                "exception_type": data.get("exception_type")})
+        if kind == "execution_interrupted":
+            record = await self.ctx.store.get(self.task_id)
+            if record is not None and record.cancel_requested:
+                raise _Cancelled()
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                raise TaskTimeout("the task ran past its timeout and was interrupted")
+            raise NodeLost("the prompt was interrupted on its node by someone else")
+        raise NodeLost(f"the node reported an unknown outcome {kind!r}")
+
+    # --- record updates ----------------------------------------------------------------------
+    async def _update(self, change: Any) -> TaskRecord:
+        def guarded(record: TaskRecord) -> TaskRecord:
+            if record.attempts != self.attempt or record.node != self.link.name:
+                raise _StaleAttempt()
+            return change(record)  # type: ignore[no-any-return]
+        try:
+            record = await self.ctx.store.update(self.task_id, guarded)
+        except tasks.InvalidTransition as exc:
+            raise _StaleAttempt() from exc
+        if record is None:
+            raise _StaleAttempt()
+        return record
+
+    async def _started(self) -> TaskRecord:
+        try:
+            record = await self._update(lambda r: tasks.started(r, tasks.utc_now()))
+        except _StaleAttempt:
+            current = await self.ctx.store.get(self.task_id)
+            if current is None or current.status != tasks.CANCELLED:
+                raise
+            # Cancelled while it waited in the node's queue, and it started before we removed it.
+            await self._send_interrupt()
+            raise _Cancelled() from None
+        event(log, "task.started", task_id=self.task_id, node=self.link.name,
+              prompt_id=self.task_id, attempt=self.attempt)
+        return record
+
+    async def _progress(self, value: float, maximum: float) -> None:
+        now = time.monotonic()
+        if now - self._last_progress_write < PROGRESS_WRITE_S and value < maximum:
+            return
+        self._last_progress_write = now
+        try:
+            await self._update(lambda r: tasks.progressed(r, value, maximum))
+        except _StaleAttempt:
+            pass
+
+    async def _succeed(self, entry: dict[str, Any]) -> str:
+        record = await self.ctx.store.get(self.task_id)
+        if record is None or record.attempts != self.attempt or record.node != self.link.name:
+            raise _StaleAttempt()
+        outputs = []
+        images = [image for node_id in record.graph
+                  for image in (entry.get("outputs", {}).get(node_id) or {}).get("images", [])
+                  if image.get("type", "output") == "output"]
+        for index, image in enumerate(images):
+            data = await self.link.http.download(image)
+            path = output_path(self.ctx.settings.output_dir, self.task_id, index, image["filename"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            partial.write_bytes(data)
+            os.replace(partial, path)
+            outputs.append({"index": index, "filename": image["filename"],
+                            "url": f"{self.ctx.settings.public_url}/api/v1/tasks/{self.task_id}"
+                                   f"/outputs/{index}",
+                            "content_type": CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
+                            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        await self._update(lambda r: tasks.succeeded(r, outputs, tasks.utc_now()))
+        metrics.TASKS_FINISHED.labels(status="succeeded").inc()
+        event(log, "task.succeeded", task_id=self.task_id, node=self.link.name,
+              attempt=self.attempt, outputs=len(outputs))
+        return "succeeded"
+
+    async def _fail(self, failure: TaskFailure) -> str:
+        try:
+            await self._update(lambda r: tasks.failed(r, failure.as_error(), tasks.utc_now()))
+        except _StaleAttempt:
+            return "stale"
+        metrics.TASKS_FINISHED.labels(status="failed").inc()
+        event(log, "task.failed", logging.WARNING, task_id=self.task_id, node=self.link.name,
+              attempt=self.attempt, code=failure.code)
+        return f"failed:{failure.code}"
+
+    async def _node_lost(self, exc: NodeLost) -> str:
+        limit = self.ctx.settings.max_attempts
+
+        def retry_or_fail(record: TaskRecord) -> TaskRecord:
+            if record.cancel_requested:
+                return tasks.cancelled(record, tasks.utc_now())
+            if record.attempts >= limit:
+                return tasks.failed(record, exc.as_error() | {
+                    "message": f"{exc.message} (after {record.attempts} attempts)"},
+                    tasks.utc_now())
+            return tasks.requeued(record)
+        try:
+            record = await self._update(retry_or_fail)
+        except _StaleAttempt:
+            return "stale"
+        event(log, "task.node_lost", logging.WARNING, task_id=self.task_id, node=self.link.name,
+              attempt=self.attempt, reason=exc.message, next=record.status)
+        if record.status == tasks.QUEUED:
+            await self.ctx.store.enqueue_ready(record)
+            return "requeued"
+        metrics.TASKS_FINISHED.labels(status=record.status).inc()
+        return record.status
+
+    # --- cancel and timeout ------------------------------------------------------------------
+    async def _check_cancel_flag(self) -> None:
+        record = await self.ctx.store.get(self.task_id)
+        if record is not None and record.cancel_requested and not self._interrupt_sent:
+            self._cancel.set()
+
+    async def _stop_on_node(self, record: TaskRecord) -> None:
+        """Take the prompt off its node: delete it if still waiting, interrupt it if running."""
+        await self.link.http.delete_pending(self.task_id)
+        running, pending = await self.link.http.queue()
+        if self.task_id in running:
+            await self._send_interrupt()
+        elif self.task_id not in pending:
+            entry = await self.link.http.history(self.task_id)
+            if entry is None:
+                raise _Cancelled()
+
+    async def _send_interrupt(self) -> None:
+        self._interrupt_sent = True
+        await self.link.http.interrupt(self.task_id)
+
+    async def _finish_cancelled(self) -> str:
+        try:
+            await self._update(lambda r: tasks.cancelled(r, tasks.utc_now()))
+        except _StaleAttempt:
+            pass
+        metrics.TASKS_FINISHED.labels(status="cancelled").inc()
+        event(log, "task.cancelled", task_id=self.task_id, node=self.link.name)
+        return "cancelled"

@@ -1,0 +1,114 @@
+"""One node as a worker sees it: its HTTP client and one long-lived WebSocket shared by all tasks.
+
+Messages about a prompt are routed to whoever follows that prompt (by prompt_id, which is our
+task id). When the socket drops, every follower is told the node was lost and the link keeps
+reconnecting with backoff; the node counts as healthy only while its socket is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import websockets
+
+from actors.comfy_client import ComfyClient
+from comfy_service.logs import event
+
+log = logging.getLogger("actors.node_link")
+
+LOST = {"type": "_node_lost"}  # what followers receive when the socket drops
+CONNECT_TIMEOUT_S = 5.0
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class NodeLink:
+    def __init__(self, name: str, base_url: str, client_id: str) -> None:
+        self.name = name
+        self.base_url = base_url
+        self.client_id = client_id
+        self.http = ComfyClient(base_url)
+        self.healthy = False
+        self.queue_remaining = 0
+        self.last_change = time.monotonic()
+        self.object_info: dict[str, Any] | None = None
+        self._followers: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._up = asyncio.Event()
+
+    def follow(self, prompt_id: str) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._followers[prompt_id] = queue
+        return queue
+
+    def unfollow(self, prompt_id: str) -> None:
+        self._followers.pop(prompt_id, None)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"node-link:{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.http.close()
+
+    async def wait_up(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def _set_health(self, healthy: bool, reason: str = "") -> None:
+        if healthy != self.healthy:
+            self.healthy = healthy
+            self.last_change = time.monotonic()
+            event(log, "node.up" if healthy else "node.down",
+                  logging.INFO if healthy else logging.WARNING, node=self.name, reason=reason)
+        if healthy:
+            self._up.set()
+        else:
+            self._up.clear()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        data = message.get("data") or {}
+        if message.get("type") == "status":
+            self.queue_remaining = data.get("status", {}).get("exec_info", {}).get(
+                "queue_remaining", 0)
+            return
+        follower = self._followers.get(data.get("prompt_id", ""))
+        if follower is not None:
+            follower.put_nowait(message)
+
+    def _lose_all(self) -> None:
+        for follower in list(self._followers.values()):
+            follower.put_nowait(LOST)
+
+    async def _run(self) -> None:
+        attempt = 0
+        url = "ws" + self.base_url[4:] + f"/ws?clientId={self.client_id}"
+        while True:
+            try:
+                async with websockets.connect(url, open_timeout=CONNECT_TIMEOUT_S,
+                                              ping_interval=5, ping_timeout=5,
+                                              close_timeout=2, max_size=None) as ws:
+                    if self.object_info is None:
+                        self.object_info = await self.http.object_info()
+                    attempt = 0
+                    self._set_health(True)
+                    async for frame in ws:
+                        if isinstance(frame, str):
+                            self._dispatch(json.loads(frame))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of the socket or the node means: node down
+                self._set_health(False, f"{type(exc).__name__}: {exc}")
+            else:
+                self._set_health(False, "socket closed")
+            self._lose_all()
+            await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            attempt += 1

@@ -1,0 +1,191 @@
+"""The worker's scheduling loop: late binding of ready tasks to free node slots, leases, adoption.
+
+Three phases (start links and loops; run until stopped; hand off and close). Binding happens
+the moment a slot frees (the finishing task wakes the loop) or new work arrives (a Redis
+pub/sub wake-up from whichever worker admitted it), so a node's second slot is refilled while
+its first prompt still runs and the GPU never waits for a round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from actors.dispatch import NodeView, choose_node
+from actors.execution import TaskRun, WorkerContext
+from actors.node_link import NodeLink
+from actors.store import TaskStore
+from comfy_service import constants as c
+from comfy_service import metrics
+from comfy_service.logs import event
+from comfy_service.settings import Settings
+
+log = logging.getLogger("actors.scheduler")
+
+POLL_S = 0.5               # fallback when no wake-up arrives
+SNAPSHOT_S = 1.0
+
+
+def node_name(url: str) -> str:
+    return url.split("://", 1)[-1]
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        links = {node_name(url): NodeLink(node_name(url), url,
+                                          f"cs-{settings.worker_id}-{index}")
+                 for index, url in enumerate(settings.comfyui_urls)}
+        self.ctx = WorkerContext(settings, TaskStore(redis, settings.task_ttl_s), links)
+        self._loops: list[asyncio.Task[Any]] = []
+        self._info_published: set[str] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        for link in self.ctx.links.values():
+            link.start()
+        self._loops = [asyncio.create_task(coro, name=name) for name, coro in (
+            ("fill", self._fill_forever()), ("leases", self._renew_forever()),
+            ("adopt", self._adopt_forever()), ("pubsub", self._listen_forever()),
+            ("snapshots", self._snapshot_forever()))]
+        event(log, "worker.started", worker=self.settings.worker_id,
+              nodes=list(self.ctx.links), slots=self.settings.node_slots)
+        await stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        owned = list(self.ctx.owned)
+        runs = [asyncio.ensure_future(asyncio.sleep(0))]
+        for task_id in owned:
+            run = self.ctx.owned.get(task_id)
+            if run is not None and run.handle is not None:
+                run.handle.cancel()
+                runs.append(run.handle)
+        await asyncio.gather(*runs, return_exceptions=True)
+        if owned:  # let another worker adopt them at once rather than after the lease
+            await self.redis.zadd(c.LEASES_KEY, {task_id: 0 for task_id in owned}, xx=True)
+        for link in self.ctx.links.values():
+            await link.stop()
+        event(log, "worker.stopped", worker=self.settings.worker_id, handed_off=len(owned))
+
+    # --- binding -------------------------------------------------------------------------------
+    async def fill_slots(self) -> None:
+        store, slots = self.ctx.store, self.settings.node_slots
+        while True:
+            used = await store.slots_used(list(self.ctx.links))
+            views = [NodeView(name, link.healthy, slots, used[name])
+                     for name, link in self.ctx.links.items()]
+            chosen = choose_node(views)
+            if chosen is None:
+                return
+            task_id = await store.bind_next(chosen.name, slots, self.settings.worker_id,
+                                            self.settings.lease_ttl_s)
+            if task_id is None:
+                return
+            self._start(TaskRun(self.ctx, task_id, self.ctx.links[chosen.name]))
+
+    def _start(self, run: TaskRun) -> None:
+        self.ctx.owned[run.task_id] = run
+        run.handle = asyncio.create_task(run.run(), name=f"task:{run.task_id}")
+
+    async def _fill_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.ctx.wake.wait(), POLL_S)
+            except TimeoutError:
+                pass
+            self.ctx.wake.clear()
+            try:
+                await self.fill_slots()
+            except Exception:
+                event(log, "worker.fill_failed", logging.ERROR, exc_info=True)
+                await asyncio.sleep(POLL_S)
+
+    # --- leases and adoption -------------------------------------------------------------------
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_ttl_s / 3)
+            try:
+                await self.ctx.store.renew(list(self.ctx.owned), self.settings.lease_ttl_s)
+            except Exception:
+                event(log, "worker.renew_failed", logging.WARNING, exc_info=True)
+
+    async def _adopt_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.lease_ttl_s / 3))
+            try:
+                await self.adopt_lapsed()
+            except Exception:
+                event(log, "worker.adopt_failed", logging.WARNING, exc_info=True)
+
+    async def adopt_lapsed(self) -> None:
+        store = self.ctx.store
+        for task_id in await store.lapsed():
+            if task_id in self.ctx.owned:
+                continue
+            record = await store.get(task_id)
+            link = self.ctx.links.get(record.node or "") if record else None
+            if not await store.adopt(task_id, record.node if record else None,
+                                     self.settings.worker_id, self.settings.lease_ttl_s):
+                continue
+            if record is None or record.final or link is None:
+                await store.release(record.node if record and record.node else "", task_id)
+                if record is not None and not record.final and link is None:
+                    event(log, "task.orphaned", logging.WARNING, task_id=task_id,
+                          node=record.node)
+                continue
+            self._start(TaskRun(self.ctx, task_id, link, adopted=True))
+
+    # --- wake-ups and cancels from other processes ---------------------------------------------
+    async def _listen_forever(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(c.WAKE_CHANNEL, c.CANCEL_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message["type"] != "message":
+                            continue
+                        channel = message["channel"]
+                        channel = channel.decode() if isinstance(channel, bytes) else channel
+                        if channel == c.WAKE_CHANNEL:
+                            self.ctx.wake.set()
+                        else:
+                            data = message["data"]
+                            task_id = data.decode() if isinstance(data, bytes) else data
+                            run = self.ctx.owned.get(task_id)
+                            if run is not None:
+                                run.request_cancel()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                event(log, "worker.pubsub_lost", logging.WARNING, exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def _snapshot_forever(self) -> None:
+        while True:
+            try:
+                store = self.ctx.store
+                used = await store.slots_used(list(self.ctx.links))
+                snapshots: dict[str, dict[str, Any]] = {}
+                for name, link in self.ctx.links.items():
+                    snapshots[name] = {"name": name, "url": link.base_url, "healthy": link.healthy,
+                                       "slots": self.settings.node_slots, "slots_used": used[name],
+                                       "queue_remaining": link.queue_remaining,
+                                       "worker": self.settings.worker_id}
+                    metrics.SLOTS_IN_USE.labels(node=name).set(used[name])
+                    metrics.NODE_UP.labels(node=name).set(1 if link.healthy else 0)
+                    if link.object_info is not None and name not in self._info_published:
+                        await store.publish_object_info(name, link.object_info)
+                        self._info_published.add(name)
+                await store.publish_nodes(snapshots)
+                metrics.READY_TASKS.set(await store.ready_count())
+            except Exception:
+                event(log, "worker.snapshot_failed", logging.WARNING, exc_info=True)
+            await asyncio.sleep(SNAPSHOT_S)
+

@@ -1,0 +1,161 @@
+"""Task records, the ready queue, node slots and leases, all in Redis.
+
+Slot accounting is atomic (Lua): a task is bound to a node only when the node has a free slot,
+and every bound task carries a lease its worker renews; a lease that lapses means its worker
+died, and another worker adopts the task.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from actors.tasks import TaskRecord
+from comfy_service import constants as c
+
+PRIORITY_LIMIT = 1000  # priorities are clamped to +-this so scores stay exact in a double
+_SEQ_SPAN = 2 ** 40
+
+# Pop the best ready task onto a node if the node has a free slot; lease it to the worker.
+_BIND = """
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[1]) then return false end
+local popped = redis.call('ZPOPMIN', KEYS[1])
+if #popped == 0 then return false end
+redis.call('HSET', KEYS[2], popped[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], popped[1])
+return popped[1]
+"""
+
+# Take over a lapsed lease (its worker died): only one adopter wins.
+_ADOPT = """
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[4]) end
+return 1
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def ready_score(priority: int, sequence: int) -> float:
+    """Higher priority first, then first come first served."""
+    clamped = max(-PRIORITY_LIMIT, min(PRIORITY_LIMIT, priority))
+    return float(-clamped * _SEQ_SPAN + sequence)
+
+
+class TaskStore:
+    def __init__(self, redis: aioredis.Redis, ttl_s: int) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self._bind = redis.register_script(_BIND)
+        self._adopt = redis.register_script(_ADOPT)
+
+    @staticmethod
+    def key(task_id: str) -> str:
+        return c.TASK_KEY.format(task_id=task_id)
+
+    async def create(self, record: TaskRecord) -> None:
+        await self.redis.set(self.key(record.task_id), json.dumps(record.to_dict()))
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        raw = await self.redis.get(self.key(task_id))
+        return TaskRecord.from_dict(json.loads(raw)) if raw else None
+
+    async def update(self, task_id: str, change: Callable[[TaskRecord], TaskRecord]
+                     ) -> TaskRecord | None:
+        """Apply a transition atomically (optimistic); `change` may raise to abort."""
+        key = self.key(task_id)
+        async with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return None
+                    record = TaskRecord.from_dict(json.loads(raw))
+                    new = change(record)
+                    pipe.multi()
+                    if new.final:
+                        pipe.set(key, json.dumps(new.to_dict()), ex=self.ttl_s)
+                    else:
+                        pipe.set(key, json.dumps(new.to_dict()))
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
+
+    # --- the ready queue and slots -------------------------------------------------------------
+    async def enqueue_ready(self, record: TaskRecord) -> None:
+        sequence = await self.redis.incr(c.SEQUENCE_KEY)
+        await self.redis.zadd(c.READY_KEY, {record.task_id: ready_score(record.priority,
+                                                                         sequence)})
+
+    async def remove_ready(self, task_id: str) -> bool:
+        return bool(await self.redis.zrem(c.READY_KEY, task_id))
+
+    async def ready_count(self) -> int:
+        return int(await self.redis.zcard(c.READY_KEY))
+
+    async def bind_next(self, node: str, slots: int, worker: str, lease_s: float) -> str | None:
+        task_id = await self._bind(keys=[c.READY_KEY, c.SLOTS_KEY.format(node=node),
+                                         c.LEASES_KEY],
+                                   args=[slots, worker, now_ms() + int(lease_s * 1000)])
+        return task_id.decode() if isinstance(task_id, bytes) else task_id
+
+    async def slots_used(self, nodes: list[str]) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for node in nodes:
+                pipe.hlen(c.SLOTS_KEY.format(node=node))
+            counts = await pipe.execute()
+        return dict(zip(nodes, (int(n) for n in counts), strict=True))
+
+    async def release(self, node: str, task_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(c.SLOTS_KEY.format(node=node), task_id)
+            pipe.zrem(c.LEASES_KEY, task_id)
+            await pipe.execute()
+
+    async def renew(self, task_ids: list[str], lease_s: float) -> None:
+        if task_ids:
+            expiry = now_ms() + int(lease_s * 1000)
+            await self.redis.zadd(c.LEASES_KEY, {t: expiry for t in task_ids}, xx=True)
+
+    async def lapsed(self, limit: int = 50) -> list[str]:
+        found = await self.redis.zrangebyscore(c.LEASES_KEY, "-inf", now_ms(), start=0, num=limit)
+        return [t.decode() if isinstance(t, bytes) else t for t in found]
+
+    async def adopt(self, task_id: str, node: str | None, worker: str, lease_s: float) -> bool:
+        slots_key = c.SLOTS_KEY.format(node=node or "")
+        won = await self._adopt(keys=[c.LEASES_KEY, slots_key],
+                                args=[task_id, now_ms(), now_ms() + int(lease_s * 1000), worker])
+        return bool(won)
+
+    # --- node snapshots and object_info, for the gateway ---------------------------------------
+    async def publish_nodes(self, snapshots: dict[str, dict[str, Any]]) -> None:
+        if snapshots:
+            await self.redis.hset(c.NODES_KEY, mapping={k: json.dumps(v)
+                                                        for k, v in snapshots.items()})
+
+    async def nodes(self) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(c.NODES_KEY)
+        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+
+    async def publish_object_info(self, node: str, info: dict[str, Any]) -> None:
+        await self.redis.hset(c.OBJECT_INFO_KEY, node, json.dumps(info))
+
+    async def object_info(self, nodes: list[str]) -> dict[str, Any]:
+        """The node classes every given node knows (their union; a later node adds)."""
+        merged: dict[str, Any] = {}
+        if nodes:
+            for raw in await self.redis.hmget(c.OBJECT_INFO_KEY, nodes):
+                if raw:
+                    merged.update(json.loads(raw))
+        return merged

@@ -1,0 +1,58 @@
+"""`comfy-service worker`: Dramatiq consumers for admission plus the asyncio scheduling loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+
+import dramatiq
+import redis.asyncio as aioredis
+from prometheus_client import start_http_server
+
+from actors.broker import build_broker
+from actors.scheduler import Scheduler
+from comfy_service import logs
+from comfy_service.logs import event
+from comfy_service.settings import Settings
+
+log = logging.getLogger("actors.worker")
+
+
+async def _serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10,
+                                    socket_connect_timeout=5, health_check_interval=10)
+    try:
+        await Scheduler(settings, redis).run(stop)
+    finally:
+        await redis.aclose()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = Settings.from_env(os.environ)
+    logs.setup(settings.log_level, settings.log_format)
+    if not settings.comfyui_urls:
+        raise SystemExit("COMFYUI_URLS is empty: the worker has no ComfyUI node to use")
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr=settings.api_host)
+    broker = build_broker(settings.redis_url)
+    import actors.admission  # noqa: F401  (declares the actor on the broker just built)
+
+    # worker_timeout bounds the consumer's idle polling backoff, i.e. submit-to-admit latency.
+    consumers = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
+    consumers.start()
+    event(log, "worker.consumers_started", worker=settings.worker_id)
+    try:
+        asyncio.run(_serve(settings))
+    finally:
+        consumers.stop(timeout=5_000)
+        broker.close()
+    return 0

@@ -1,0 +1,21 @@
+"""Every external name in one place: Redis keys, queue names, metric names, header names."""
+
+from __future__ import annotations
+
+KEY_PREFIX = "cs:"
+TASK_KEY = KEY_PREFIX + "task:{task_id}"            # JSON task record
+IDEMPOTENCY_KEY = KEY_PREFIX + "idem:{key_hash}"     # task id + request hash
+READY_KEY = KEY_PREFIX + "ready"                     # ZSET of task ids waiting for a slot
+SEQUENCE_KEY = KEY_PREFIX + "seq"                    # FIFO order within one priority
+SLOTS_KEY = KEY_PREFIX + "slots:{node}"              # HASH task id -> owning worker
+LEASES_KEY = KEY_PREFIX + "leases"                   # ZSET task id -> lease expiry (ms)
+NODES_KEY = KEY_PREFIX + "nodes"                     # HASH node -> JSON health/load snapshot
+OBJECT_INFO_KEY = KEY_PREFIX + "object_info"         # HASH node -> JSON /object_info
+CANCEL_CHANNEL = KEY_PREFIX + "cancel"               # pub/sub: task ids to cancel
+WAKE_CHANNEL = KEY_PREFIX + "wake"                   # pub/sub: new ready work
+
+ADMIT_QUEUE = "comfy.admit"
+REQUEST_ID_HEADER = "X-Request-ID"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+METRIC_PREFIX = "comfy_service_"

@@ -1,0 +1,110 @@
+"""The one error hierarchy: every API-facing error has an HTTP status and a stable code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base of all our errors. `code` is part of the API contract: never rename one."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def as_body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class InvalidJson(ServiceError):
+    status, code = 400, "invalid_json"
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class WorkflowNotFound(ServiceError):
+    status, code = 404, "workflow_not_found"
+
+
+class TaskNotFound(ServiceError):
+    status, code = 404, "task_not_found"
+
+
+class OutputNotFound(ServiceError):
+    status, code = 404, "output_not_found"
+
+
+class RouteNotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status, code = 405, "method_not_allowed"
+
+
+class TaskFinished(ServiceError):
+    status, code = 409, "task_finished"
+
+
+class IdempotencyConflict(ServiceError):
+    status, code = 409, "idempotency_conflict"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class ValidationFailed(ServiceError):
+    status, code = 422, "validation_error"
+
+
+class Unavailable(ServiceError):
+    status, code = 503, "unavailable"
+
+
+# --- failures of a task (stored in the task record's `error`, never raised to a client) -------
+
+class TaskFailure(Exception):
+    """Why a task ended without outputs; `code` is stable like the API's."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def as_error(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class NodeLost(TaskFailure):
+    """The node went away (refused, dropped, errored, restarted): retried elsewhere."""
+
+    code = "node_lost"
+
+
+class ExecutionError(TaskFailure):
+    """ComfyUI ran the prompt and a node raised: not retried."""
+
+    code = "execution_error"
+
+
+class InvalidWorkflow(TaskFailure):
+    """The node rejected the graph at POST /prompt: not retried."""
+
+    code = "invalid_workflow"
+
+
+class TaskTimeout(TaskFailure):
+    code = "timeout"

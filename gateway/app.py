@@ -1,0 +1,318 @@
+"""The Starlette gateway: REST API v1. HTTP in, records and messages out; it never talks to ComfyUI."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from actors import tasks
+from actors.broker import admit_message, build_broker
+from actors.execution import output_path
+from actors.store import TaskStore
+from comfy_service import constants as c
+from comfy_service import metrics
+from comfy_service.errors import (
+    IdempotencyConflict,
+    InvalidJson,
+    MethodNotAllowed,
+    OutputNotFound,
+    PayloadTooLarge,
+    RouteNotFound,
+    ServiceError,
+    TaskFinished,
+    TaskNotFound,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from comfy_service.logs import event, request_id_var
+from comfy_service.settings import Settings
+from comfy_service.templates import Template, load_templates
+from gateway.generate import new_record, new_task_id, parse_generate
+
+log = logging.getLogger("gateway")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class Gateway:
+    """What the handlers share: settings, templates, Redis, the task store and the broker."""
+
+    def __init__(self, settings: Settings, templates: dict[str, Template]) -> None:
+        self.settings = settings
+        self.templates = templates
+        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                             socket_connect_timeout=2)
+        self.store = TaskStore(self.redis, settings.task_ttl_s)
+        self.broker = build_broker(settings.redis_url)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        self.broker.close()
+
+    # --- request helpers -----------------------------------------------------------------------
+    def authorize(self, request: Request) -> None:
+        if not self.settings.api_keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        given = token.strip().encode()
+        # Compare against every key, always, so timing says nothing about which one matched.
+        matched = False
+        for key in self.settings.api_keys:
+            matched |= hmac.compare_digest(given, key.encode())
+        if scheme.lower() != "bearer" or not matched:
+            raise Unauthorized("missing or invalid API key: send Authorization: Bearer <key>")
+
+    async def read_json(self, request: Request) -> tuple[Any, bytes]:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise UnsupportedMediaType("send the body as application/json",
+                                       {"content_type": media_type or None})
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes", {"limit": limit})
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes", {"limit": limit})
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        try:
+            return json.loads(raw), raw
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidJson(f"the body is not valid JSON: {exc}") from exc
+
+    # --- handlers ------------------------------------------------------------------------------
+    async def generate(self, request: Request) -> Response:
+        self.authorize(request)
+        body, _ = await self.read_json(request)
+        idempotency_key = request.headers.get(c.IDEMPOTENCY_HEADER)
+        body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        if idempotency_key:
+            replay = await self._idempotent_replay(idempotency_key, body_hash)
+            if replay is not None:
+                return replay
+        task_id = new_task_id()
+        object_info: dict[str, Any] = {}
+        if isinstance(body, dict) and "workflow_json" in body:
+            nodes = await self.store.nodes()
+            object_info = await self.store.object_info(
+                [name for name, snap in nodes.items() if snap.get("healthy")])
+        parsed = parse_generate(body, self.templates, object_info,
+                                lambda limit: secrets.randbelow(limit + 1), task_id)
+        record = new_record(parsed, task_id, request_id_var.get())
+        answer = {"task_id": task_id, "status": tasks.QUEUED, "created_at": record.created_at}
+        if idempotency_key:
+            stored = json.dumps({"body_hash": body_hash, "answer": answer})
+            key = c.IDEMPOTENCY_KEY.format(key_hash=hashlib.sha256(
+                idempotency_key.encode()).hexdigest())
+            if not await self.redis.set(key, stored, nx=True, ex=self.settings.task_ttl_s):
+                replay = await self._idempotent_replay(idempotency_key, body_hash)
+                if replay is not None:
+                    return replay
+        await self.store.create(record)
+        self.broker.enqueue(admit_message(task_id))
+        metrics.TASKS_SUBMITTED.labels(workflow=parsed.workflow or "custom").inc()
+        event(log, "task.accepted", task_id=task_id, workflow=parsed.workflow or "custom",
+              priority=parsed.priority)
+        return JSONResponse(answer, status_code=202,
+                            headers={"Location": f"/api/v1/tasks/{task_id}"})
+
+    async def _idempotent_replay(self, idempotency_key: str, body_hash: str) -> Response | None:
+        key = c.IDEMPOTENCY_KEY.format(key_hash=hashlib.sha256(idempotency_key.encode()).hexdigest())
+        raw = await self.redis.get(key)
+        if raw is None:
+            return None
+        stored = json.loads(raw)
+        if stored["body_hash"] != body_hash:
+            raise IdempotencyConflict("this Idempotency-Key was used with another body",
+                                      {"task_id": stored["answer"]["task_id"]})
+        answer = stored["answer"]
+        return JSONResponse(answer, status_code=202,
+                            headers={"Location": f"/api/v1/tasks/{answer['task_id']}"})
+
+    async def get_task(self, request: Request) -> Response:
+        self.authorize(request)
+        record = await self._record(request.path_params["task_id"])
+        return JSONResponse(record.public())
+
+    async def _record(self, task_id: str) -> tasks.TaskRecord:
+        record = await self.store.get(task_id)
+        if record is None:
+            raise TaskNotFound(f"no task {task_id!r} (unknown, or expired after its retention)")
+        return record
+
+    async def cancel_task(self, request: Request) -> Response:
+        self.authorize(request)
+        task_id = request.path_params["task_id"]
+        ended_now = False
+
+        def cancel(record: tasks.TaskRecord) -> tasks.TaskRecord:
+            nonlocal ended_now
+            if record.status in (tasks.SUCCEEDED, tasks.FAILED):
+                raise TaskFinished(f"task {task_id} already {record.status}",
+                                   {"status": record.status})
+            new, ended_now = tasks.cancel_requested(record, tasks.utc_now())
+            return new
+        record = await self.store.update(task_id, cancel)
+        if record is None:
+            raise TaskNotFound(f"no task {task_id!r}")
+        await self.store.remove_ready(task_id)
+        await self.redis.publish(c.CANCEL_CHANNEL, task_id)
+        event(log, "task.cancel_requested", task_id=task_id, status=record.status)
+        return JSONResponse(record.public(), status_code=200 if ended_now else 202)
+
+    async def get_output(self, request: Request) -> Response:
+        self.authorize(request)
+        record = await self._record(request.path_params["task_id"])
+        index = request.path_params["index"]
+        if record.status != tasks.SUCCEEDED or not 0 <= index < len(record.outputs):
+            raise OutputNotFound(f"task {record.task_id} has no output {index}",
+                                 {"status": record.status, "outputs": len(record.outputs)})
+        output = record.outputs[index]
+        path = output_path(self.settings.output_dir, record.task_id, index, output["filename"])
+        if not path.is_file():
+            raise OutputNotFound(f"output {index} of task {record.task_id} is no longer stored")
+        return FileResponse(path, media_type=output["content_type"],
+                            filename=output["filename"], content_disposition_type="inline")
+
+    async def workflows(self, request: Request) -> Response:
+        self.authorize(request)
+        return JSONResponse({"workflows": [
+            {"name": t.name, "description": t.description, "params": t.public_params()}
+            for t in self.templates.values()]})
+
+    async def nodes(self, request: Request) -> Response:
+        self.authorize(request)
+        snapshots = await self.store.nodes()
+        return JSONResponse({"nodes": sorted(snapshots.values(), key=lambda n: n["name"])})
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        await self.redis.ping()
+        snapshots = await self.store.nodes()
+        healthy = sum(1 for n in snapshots.values() if n.get("healthy"))
+        return JSONResponse({"status": "ready", "redis": "ok", "nodes_healthy": healthy,
+                             "nodes_total": len(snapshots)})
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _error_response(error: ServiceError) -> JSONResponse:
+    return JSONResponse(error.as_body(), status_code=error.status)
+
+
+class RequestContext:
+    """ASGI middleware: X-Request-ID in and out, one access-log line and metrics per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", request_id.encode())]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - started
+            metrics.REQUESTS.labels(route=name, status=str(status)).inc()
+            metrics.REQUEST_SECONDS.labels(route=name).observe(elapsed)
+            event(log, "http.request", method=scope["method"], route=name, status=status,
+                  duration_ms=round(elapsed * 1000, 2))
+            request_id_var.reset(token)
+
+
+def _guard(handler: Callable[[Request], Awaitable[Response]]
+           ) -> Callable[[Request], Awaitable[Response]]:
+    """Redis trouble is a 503 with our error body, never a 500."""
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except RedisError as exc:
+            raise Unavailable("the task store (Redis) is unreachable; retry shortly",
+                              {"reason": type(exc).__name__}) from exc
+    return endpoint
+
+
+def create_app(settings: Settings, templates: dict[str, Template] | None = None) -> Starlette:
+    gateway = Gateway(settings, templates if templates is not None else load_templates())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        event(log, "gateway.started", host=settings.api_host, port=settings.api_port,
+              auth=bool(settings.api_keys))
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    async def service_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        return _error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            return _error_response(MethodNotAllowed(f"{request.method} is not allowed here"))
+        return _error_response(RouteNotFound(f"no route {request.url.path}"))
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        event(log, "http.unhandled", logging.ERROR, exc_info=True, path=request.url.path)
+        return _error_response(ServiceError("internal error; the request id is in the logs"))
+
+    routes = [
+        Route("/api/v1/generate", _guard(gateway.generate), methods=["POST"]),
+        Route("/api/v1/tasks/{task_id}", _guard(gateway.get_task), methods=["GET"]),
+        Route("/api/v1/tasks/{task_id}", _guard(gateway.cancel_task), methods=["DELETE"]),
+        Route("/api/v1/tasks/{task_id}/outputs/{index:int}", _guard(gateway.get_output),
+              methods=["GET"]),
+        Route("/api/v1/workflows", _guard(gateway.workflows), methods=["GET"]),
+        Route("/api/v1/nodes", _guard(gateway.nodes), methods=["GET"]),
+        Route("/healthz", gateway.healthz, methods=["GET"]),
+        Route("/readyz", _guard(gateway.readyz), methods=["GET"]),
+        Route("/metrics", gateway.metrics, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        ServiceError: service_error, HTTPException: http_error, Exception: unexpected})
+    app.add_middleware(RequestContext)
+    return app

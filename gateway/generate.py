@@ -1,0 +1,116 @@
+"""POST /api/v1/generate: from a request body to a task record, or a field-by-field 422 (pure)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from actors.store import PRIORITY_LIMIT
+from actors.tasks import QUEUED, TaskRecord, utc_now
+from comfy_service.errors import Unavailable, ValidationFailed, WorkflowNotFound
+from comfy_service.templates import FieldError, Template, looks_like_ui_format, render, resolve
+from comfyui_sim.catalog import parse_object_info
+from comfyui_sim.validation import PromptCrash, validate_prompt
+
+DEFAULT_WORKFLOW = "txt2img"
+ALLOWED_KEYS = {"workflow", "params", "workflow_json", "priority", "timeout_s"}
+MAX_TIMEOUT_S = 24 * 3600
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    workflow: str | None
+    params: dict[str, Any] | None
+    graph: dict[str, Any]
+    priority: int
+    timeout_s: float | None
+
+
+def _fail(errors: list[FieldError]) -> ValidationFailed:
+    return ValidationFailed("the request is not valid", {"fields": [e.as_dict() for e in errors]})
+
+
+def _options(body: Mapping[str, Any]) -> tuple[int, float | None, list[FieldError]]:
+    errors = []
+    priority = body.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) \
+            or abs(priority) > PRIORITY_LIMIT:
+        errors.append(FieldError("priority", f"must be an integer from -{PRIORITY_LIMIT} to "
+                                             f"{PRIORITY_LIMIT}"))
+        priority = 0
+    timeout = body.get("timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout <= MAX_TIMEOUT_S):
+        errors.append(FieldError("timeout_s", f"must be a number of seconds in (0, {MAX_TIMEOUT_S}]"))
+        timeout = None
+    return priority, (float(timeout) if timeout is not None else None), errors
+
+
+def parse_generate(body: Any, templates: Mapping[str, Template],
+                   cluster_object_info: dict[str, Any],
+                   draw_seed: Callable[[int], int], task_id: str) -> GenerateRequest:
+    """Check a generate body; raises ValidationFailed (422) or WorkflowNotFound (404)."""
+    if not isinstance(body, dict):
+        raise _fail([FieldError("body", "must be a JSON object")])
+    errors = [FieldError(key, "unknown field") for key in sorted(set(body) - ALLOWED_KEYS)]
+    priority, timeout_s, option_errors = _options(body)
+    errors += option_errors
+    if "workflow_json" in body:
+        if "workflow" in body or "params" in body:
+            errors.append(FieldError("workflow_json", "give either workflow (with params) or "
+                                                      "workflow_json, not both"))
+        if errors:
+            raise _fail(errors)
+        if not cluster_object_info:
+            raise Unavailable("no healthy ComfyUI node has reported its node classes yet, so "
+                              "workflow_json cannot be validated; retry shortly")
+        graph = check_custom_graph(body["workflow_json"], cluster_object_info)
+        return GenerateRequest(None, None, graph, priority, timeout_s)
+
+    name = body.get("workflow", DEFAULT_WORKFLOW)
+    if not isinstance(name, str):
+        errors.append(FieldError("workflow", "must be a template name"))
+        raise _fail(errors)
+    template = templates.get(name)
+    if template is None:
+        raise WorkflowNotFound(f"no workflow template named {name!r}",
+                               {"available": sorted(templates)})
+    values, param_errors = resolve(template, body.get("params", {}), draw_seed)
+    errors += param_errors
+    if errors:
+        raise _fail(errors)
+    graph = render(template, values, output_prefix=f"cs/{task_id}")
+    return GenerateRequest(name, values, graph, priority, timeout_s)
+
+
+def check_custom_graph(graph: Any, object_info: dict[str, Any]) -> dict[str, Any]:
+    """Validate an API-format graph against the node classes the cluster's nodes reported."""
+    if looks_like_ui_format(graph):
+        raise ValidationFailed(
+            "workflow_json is a UI-format workflow (nodes/links); export it with "
+            "'Export (API)' in ComfyUI and send that instead",
+            {"fields": [{"field": "workflow_json", "message": "UI format is not accepted"}]})
+    if not isinstance(graph, dict) or not graph:
+        raise _fail([FieldError("workflow_json", "must be a non-empty API-format graph object")])
+    try:
+        result = validate_prompt(graph, parse_object_info(object_info))
+    except PromptCrash as exc:
+        raise _fail([FieldError("workflow_json", f"is not a valid API-format graph ({exc})")]) \
+            from exc
+    if not result.ok or result.node_errors:
+        raise ValidationFailed("workflow_json failed ComfyUI validation",
+                               {"error": result.error, "node_errors": result.node_errors})
+    return graph
+
+
+def new_record(request: GenerateRequest, task_id: str, request_id: str | None) -> TaskRecord:
+    return TaskRecord(task_id=task_id, status=QUEUED, graph=request.graph, created_at=utc_now(),
+                      workflow=request.workflow, params=request.params,
+                      priority=request.priority, timeout_s=request.timeout_s,
+                      request_id=request_id)
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())

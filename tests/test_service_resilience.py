@@ -1,0 +1,139 @@
+"""Behaviour under load and failure, with real processes: cancel, crashes, retries, priority."""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.processes import wait_until
+from tests.support.service import Stack, slow_body, txt2img_body
+
+
+@pytest.fixture()
+def stack_factory(tmp_path: pathlib.Path) -> Iterator[Any]:
+    stacks: list[Stack] = []
+
+    def make(**kwargs: Any) -> Stack:
+        stack = Stack(tmp_path / f"stack{len(stacks)}", **kwargs)
+        stacks.append(stack)
+        return stack
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+def sim_history(stack: Stack, index: int = 0) -> dict[str, Any]:
+    history: dict[str, Any] = httpx.get(f"{stack.sims[index].url}/history", timeout=5).json()
+    return history
+
+
+def test_cancel_in_each_state(stack_factory: Any) -> None:
+    stack = stack_factory(nodes=1, step_ms=60)
+    # Given a long task running, a second waiting in the node's own queue, a third not bound
+    running = stack.submit(slow_body(150))
+    stack.wait_task(running, ("running",))
+    in_node_queue = stack.submit(slow_body(149))
+    waiting = stack.submit(slow_body(148))
+    wait_until(lambda: stack.task(in_node_queue)["node"], 10, "the second task to be bound")
+    assert stack.task(waiting)["node"] is None
+
+    # When the unbound task is cancelled: at once
+    answer = stack.http.delete(f"/api/v1/tasks/{waiting}")
+    assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
+    # When the task waiting in ComfyUI's queue is cancelled: at once, and gone from the node
+    answer = stack.http.delete(f"/api/v1/tasks/{in_node_queue}")
+    assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
+    wait_until(lambda: in_node_queue not in str(httpx.get(f"{stack.sims[0].url}/queue").json()),
+               10, "the cancelled task to leave the node's queue")
+    assert stack.task(running)["status"] == "running"  # the targeted delete spared it
+    # When the running task is cancelled: 202, then cancelled once ComfyUI interrupted it
+    answer = stack.http.delete(f"/api/v1/tasks/{running}")
+    assert answer.status_code == 202
+    assert stack.wait_task(running)["status"] == "cancelled"
+    # And a second DELETE of a cancelled task is 200
+    assert stack.http.delete(f"/api/v1/tasks/{running}").status_code == 200
+    # Then ComfyUI saw only the running one, and recorded it as interrupted
+    history = sim_history(stack)
+    assert set(history) == {running}
+    assert history[running]["status"]["messages"][-1][0] == "execution_interrupted"
+    assert stack.task(waiting)["status"] == "cancelled" and stack.task(waiting)["attempts"] == 0
+    # And the node is free for new work
+    assert stack.wait_task(stack.submit(txt2img_body(steps=1)))["status"] == "succeeded"
+
+
+def test_a_task_survives_a_sigkilled_worker_and_runs_once(stack_factory: Any) -> None:
+    stack = stack_factory(nodes=1, step_ms=30)
+    task_id = stack.submit(slow_body(100))
+    stack.wait_task(task_id, ("running",))
+    # When the worker that follows it is killed hard, and another worker is running
+    stack.start_worker()
+    stack.workers[0].proc.send_signal(signal.SIGKILL)
+    # Then the task still succeeds, with one attempt and exactly one output
+    task = stack.wait_task(task_id, timeout=60)
+    assert task["status"] == "succeeded", (task, stack.logs())
+    assert task["attempts"] == 1 and len(task["outputs"]) == 1
+    # And ComfyUI ran the prompt exactly once
+    assert list(sim_history(stack)) == [task_id]
+    assert stack.http.get(f"/api/v1/tasks/{task_id}/outputs/0").status_code == 200
+
+
+def test_a_task_on_a_killed_node_finishes_elsewhere(stack_factory: Any) -> None:
+    stack = stack_factory(nodes=2, step_ms=30)
+    task_id = stack.submit(slow_body(100))
+    first = stack.wait_task(task_id, ("running",))
+    dead = next(s for s in stack.sims if s.url.endswith(first["node"].split(":")[-1]))
+    dead.kill()
+    task = stack.wait_task(task_id, timeout=60)
+    assert task["status"] == "succeeded", (task, stack.logs())
+    assert task["node"] != first["node"] and task["attempts"] == 2
+    assert len(task["outputs"]) == 1
+
+
+def test_a_task_fails_with_node_lost_after_the_attempt_limit(stack_factory: Any) -> None:
+    stack = stack_factory(nodes=3, step_ms=10, env={"MAX_ATTEMPTS": "3"})
+    for sim in stack.sims:
+        httpx.post(f"{sim.url}/sim/faults", json={"crash_on_prompt": True}).raise_for_status()
+    task = stack.wait_task(stack.submit(txt2img_body(steps=2)), timeout=60)
+    assert task["status"] == "failed", (task, stack.logs())
+    assert task["error"]["code"] == "node_lost" and task["attempts"] == 3
+
+
+def test_execution_errors_and_timeouts_fail_the_task(stack_factory: Any) -> None:
+    stack = stack_factory(nodes=1, step_ms=20)
+    httpx.post(f"{stack.sims[0].url}/sim/faults",
+               json={"fail_next": 1, "failure_message": "CUDA out of memory"}).raise_for_status()
+    failed = stack.wait_task(stack.submit(txt2img_body(steps=2)))
+    assert failed["status"] == "failed" and failed["attempts"] == 1
+    assert failed["error"]["code"] == "execution_error"
+    assert failed["error"]["message"] == "CUDA out of memory"
+    body = slow_body(150) | {"timeout_s": 0.5}
+    timed_out = stack.wait_task(stack.submit(body))
+    assert timed_out["status"] == "failed" and timed_out["error"]["code"] == "timeout"
+    assert sim_history(stack)[timed_out["task_id"]]["status"]["messages"][-1][0] == \
+        "execution_interrupted"
+
+
+def test_higher_priority_runs_first_under_backlog(stack_factory: Any) -> None:
+    stack = stack_factory(nodes=1, step_ms=20, env={"NODE_SLOTS": "1"})
+    blocker = stack.submit(slow_body(40))
+    stack.wait_task(blocker, ("running",))
+    low = [stack.submit(txt2img_body(steps=1, seed=i) | {"priority": 0}) for i in range(3)]
+    high = stack.submit(txt2img_body(steps=1, seed=99) | {"priority": 10})
+    tasks = {t: stack.wait_task(t) for t in [blocker, *low, high]}
+    order = sorted(tasks, key=lambda t: tasks[t]["started_at"])
+    assert order == [blocker, high, *low]
+
+
+def test_a_long_task_does_not_hold_up_work_another_node_can_do(stack_factory: Any) -> None:
+    stack = stack_factory(nodes=2, step_ms=30, env={"NODE_SLOTS": "1"})
+    long_task = stack.submit(slow_body(150))
+    stack.wait_task(long_task, ("running",))
+    short = [stack.submit(txt2img_body(steps=1, seed=i)) for i in range(4)]
+    for task_id in short:
+        assert stack.wait_task(task_id, timeout=30)["status"] == "succeeded"
+    assert stack.task(long_task)["status"] == "running"
