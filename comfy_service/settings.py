@@ -32,6 +32,7 @@ class Settings:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     worker_metrics_port: int = 0
     public_url: str = ""
+    workflows_dir: pathlib.Path = pathlib.Path(__file__).resolve().parent.parent / "workflows"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -57,4 +58,5 @@ class Settings:
             worker_id=get("WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
             worker_metrics_port=int(get("WORKER_METRICS_PORT", "0")),
             public_url=get("PUBLIC_URL", "").rstrip("/"),
+            workflows_dir=pathlib.Path(get("WORKFLOWS_DIR", str(cls.workflows_dir))).resolve(),
         )

@@ -52,7 +52,7 @@ def load_templates(directory: pathlib.Path = WORKFLOWS_DIR) -> dict[str, Templat
         data = json.loads(path.read_text())
         templates[data["name"]] = Template(
             name=data["name"], description=data["description"], graph=data["graph"],
-            params=data["params"], output_prefix=tuple(data["output_prefix"]))  # type: ignore[arg-type]
+            params=data["params"], output_prefix=(data["output_prefix"][0], data["output_prefix"][1]))
     return templates
 
 

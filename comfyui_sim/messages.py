@@ -66,7 +66,7 @@ class Hub:
                 [self.clients[sid]] if sid in self.clients else [])
             for client in targets:
                 sender = client.send_bytes if isinstance(frame, bytes) else client.send_text
-                await _deliver(sender, frame)  # type: ignore[arg-type]
+                await _deliver(sender, frame)
 
 
 async def _deliver(sender: Callable[[Any], Awaitable[None]], frame: Any) -> None:

@@ -16,7 +16,7 @@ import pathlib
 import platform
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -410,7 +410,7 @@ class HangAndHeaders:
         if scope["type"] in ("http", "websocket") and not scope["path"].startswith("/sim/"):
             await self.node.faults.wait_while_hung()
 
-        async def send_with_server(message: dict[str, Any]) -> None:
+        async def send_with_server(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []),
                                       (b"server", SERVER_HEADER.encode())]

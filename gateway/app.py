@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -242,7 +242,7 @@ class RequestContext:
         started = time.perf_counter()
         status = 500
 
-        async def send_with_id(message: dict[str, Any]) -> None:
+        async def send_with_id(message: MutableMapping[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -275,7 +275,8 @@ def _guard(handler: Callable[[Request], Awaitable[Response]]
 
 
 def create_app(settings: Settings, templates: dict[str, Template] | None = None) -> Starlette:
-    gateway = Gateway(settings, templates if templates is not None else load_templates())
+    gateway = Gateway(settings, templates if templates is not None
+                      else load_templates(settings.workflows_dir))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -1,4 +1,4 @@
-"""`make up` (comfy-service up): starts Redis and simulated nodes, says so, stops them all."""
+"""`make up` (comfy-service up): starts the whole service on defaults, says so, stops it all."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import threading
 import httpx
 import pytest
 
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, wait_until
 
 
 def _read_until_ready(proc: subprocess.Popen[str], timeout: float) -> list[str]:
@@ -47,7 +47,7 @@ def _port_open(port: int) -> bool:
 def test_up_starts_redis_and_simulated_nodes_and_stops_them(tmp_path: pathlib.Path,
                                                             redis_on_path: bool) -> None:
     env = {**os.environ, "RUN_DIR": str(tmp_path / "run"), "SIM_NODES": "2", "SIM_STEP_MS": "5",
-           "SIM_BASE_PORT": "0", "REDIS_PORT": "0", "PYTHONUNBUFFERED": "1"}
+           "SIM_BASE_PORT": "0", "REDIS_PORT": "0", "API_PORT": "0", "PYTHONUNBUFFERED": "1"}
     env.pop("COMFYUI_URLS", None)
     env.pop("REDIS_URL", None)
     if not redis_on_path:
@@ -67,6 +67,17 @@ def test_up_starts_redis_and_simulated_nodes_and_stops_them(tmp_path: pathlib.Pa
         with socket.create_connection(("127.0.0.1", redis_port), timeout=5) as sock:
             sock.sendall(b"PING\r\n")
             assert sock.recv(16).startswith(b"+PONG")
+        # And the REST API serves a generate end to end: task, then its PNG
+        api = re.search(r"gateway\s+(http://127\.0\.0\.1:\d+)", text).group(1)  # type: ignore[union-attr]
+        answer = httpx.post(f"{api}/api/v1/generate", json={"params": {
+            "prompt": "a boat", "width": 256, "height": 256, "steps": 2}}, timeout=10)
+        assert answer.status_code == 202
+        task_url = f"{api}{answer.headers['location']}"
+        task = wait_until(lambda: (t := httpx.get(task_url, timeout=5).json())["status"] in (
+            "succeeded", "failed") and t, 30, "the task to finish")
+        assert task["status"] == "succeeded", task
+        image = httpx.get(f"{api}/api/v1/tasks/{task['task_id']}/outputs/0", timeout=5)
+        assert image.content.startswith(b"\x89PNG")
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
@@ -74,4 +85,5 @@ def test_up_starts_redis_and_simulated_nodes_and_stops_them(tmp_path: pathlib.Pa
         proc.stdout.close()
     for _, port in sims:
         assert not _port_open(int(port))
+    assert not _port_open(int(api.rsplit(':', 1)[1]))
     assert not _port_open(redis_port)

@@ -218,3 +218,20 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_logs_are_json_lines_without_prompts(stack: Stack) -> None:
+    task_id = stack.submit(txt2img_body(steps=1, prompt="a secret purple giraffe"),
+                           **{"X-Request-ID": "trace-42"})
+    stack.wait_task(task_id)
+    assert stack.gateway is not None
+    lines = [json.loads(line) for proc in (stack.gateway, stack.workers[0])
+             for line in proc.log_path.read_text().splitlines() if line.startswith("{")]
+    assert all({"ts", "level", "event"} <= set(line) for line in lines)
+    accepted = [line for line in lines if line["event"] == "task.accepted"
+                and line.get("task_id") == task_id]
+    assert accepted and accepted[0]["request_id"] == "trace-42"
+    assert any(line["event"] == "task.succeeded" and line.get("task_id") == task_id
+               and line.get("node") for line in lines)
+    everything = stack.gateway.log_path.read_text() + stack.workers[0].log_path.read_text()
+    assert "purple giraffe" not in everything

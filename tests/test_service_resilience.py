@@ -137,3 +137,13 @@ def test_a_long_task_does_not_hold_up_work_another_node_can_do(stack_factory: An
     for task_id in short:
         assert stack.wait_task(task_id, timeout=30)["status"] == "succeeded"
     assert stack.task(long_task)["status"] == "running"
+
+
+def test_tasks_survive_a_gateway_restart(stack_factory: Any) -> None:
+    stack = stack_factory(nodes=1, step_ms=20)
+    task_id = stack.submit(slow_body(60))
+    stack.wait_task(task_id, ("running",))
+    assert stack.gateway is not None
+    stack.gateway.stop()
+    stack.start_gateway()
+    assert stack.wait_task(task_id)["status"] == "succeeded"

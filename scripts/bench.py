@@ -1,0 +1,253 @@
+"""`make bench`: speed figures of the service on this machine (a report, never a test).
+
+  submit   accepted submits/s and latency of POST /api/v1/generate (gateway + Redis)
+  fleet    efficiency and per-node idle gaps with N simulated nodes, against a naive client
+  recover  time from a SIGKILLed worker to another worker adopting its running task
+
+Run: .venv/bin/python scripts/bench.py [submit|fleet|recover|all]. Prints Markdown rows for
+docs/benchmarks.md. Everything runs on loopback and stops by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+
+import httpx
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.processes import ManagedProcess, RedisProcess, SimNodeProcess, free_port, wait_until  # noqa: E402
+from tests.support.service import Stack, txt2img_body  # noqa: E402
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+# --- submit path ---------------------------------------------------------------------------------
+async def _burst(url: str, total: int, concurrency: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    body = txt2img_body(steps=1)
+    async with httpx.AsyncClient(base_url=url, timeout=10,
+                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(total):
+            queue.put_nowait(i)
+
+        async def one() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                started = time.perf_counter()
+                answer = await client.post("/api/v1/generate", json=body)
+                latencies.append(time.perf_counter() - started)
+                assert answer.status_code == 202, answer.text
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies
+
+
+async def _paced(url: str, rate: float, seconds: float) -> list[float]:
+    latencies: list[float] = []
+    body = txt2img_body(steps=1)
+    async with httpx.AsyncClient(base_url=url, timeout=10,
+                                 limits=httpx.Limits(max_connections=200)) as client:
+        async def one() -> None:
+            started = time.perf_counter()
+            answer = await client.post("/api/v1/generate", json=body)
+            latencies.append(time.perf_counter() - started)
+            assert answer.status_code == 202
+        pending = []
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(asyncio.create_task(one()))
+        await asyncio.gather(*pending)
+    return latencies
+
+
+def bench_submit(root: pathlib.Path) -> list[str]:
+    redis = RedisProcess(root / "redis")
+    port = free_port()
+    gateway = ManagedProcess("gateway", [sys.executable, "-m", "comfy_service.cli", "gateway"],
+                             root / "gateway.log", env={"REDIS_URL": redis.url,
+                                                        "API_PORT": str(port),
+                                                        "LOG_LEVEL": "WARNING"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _ok(f"{url}/healthz"), 20, "gateway")
+        asyncio.run(_burst(url, 200, 8))  # warm-up
+        elapsed, burst = asyncio.run(_burst(url, 3000, 32))
+        paced = asyncio.run(_paced(url, 500, 10))
+    finally:
+        gateway.stop()
+        redis.stop()
+    return [
+        f"| submit, closed loop (32 concurrent, 3000 requests) | {3000 / elapsed:.0f} /s | "
+        f"p50 {percentile(burst, 50) * 1000:.1f} ms, p99 {percentile(burst, 99) * 1000:.1f} ms |",
+        f"| submit, open loop at 500/s for 10 s ({len(paced)} requests) | 500 /s offered | "
+        f"p50 {percentile(paced, 50) * 1000:.1f} ms, p99 {percentile(paced, 99) * 1000:.1f} ms |",
+    ]
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# --- fleet ----------------------------------------------------------------------------------------
+STEPS, STEP_MS = 10, 20
+
+
+def _node_timeline(sim_url: str) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each prompt the node ran, from its own history."""
+    spans = []
+    for entry in httpx.get(f"{sim_url}/history", timeout=10).json().values():
+        stamps = {kind: data["timestamp"] for kind, data in entry["status"]["messages"]}
+        spans.append((stamps["execution_start"] / 1000, stamps["execution_success"] / 1000))
+    return sorted(spans)
+
+
+def _gaps(spans: list[tuple[float, float]]) -> list[float]:
+    return [max(0.0, spans[i + 1][0] - spans[i][1]) for i in range(len(spans) - 1)]
+
+
+def bench_fleet(root: pathlib.Path, nodes: int, tasks: int) -> tuple[str, dict[str, float]]:
+    stack = Stack(root / f"fleet{nodes}", nodes=nodes, step_ms=STEP_MS,
+                  env={"LOG_LEVEL": "WARNING"})
+    try:
+        started = time.perf_counter()
+        ids = [stack.submit(txt2img_body(steps=STEPS, seed=i)) for i in range(tasks)]
+        for task_id in ids:
+            assert stack.wait_task(task_id, timeout=600)["status"] == "succeeded"
+        wall = time.perf_counter() - started
+        spans = [_node_timeline(s.url) for s in stack.sims]
+    finally:
+        stack.stop()
+    busy = sum(end - start for node in spans for start, end in node)
+    nominal = tasks * STEPS * STEP_MS / 1000
+    gaps = [g for node in spans for g in _gaps(node)]
+    figures = {"wall": wall, "efficiency": nominal / nodes / wall,
+               "busy_efficiency": busy / nodes / wall,
+               "gap_p50": percentile(gaps, 50) * 1000 if gaps else 0.0,
+               "gap_p95": percentile(gaps, 95) * 1000 if gaps else 0.0,
+               "prompt_s": busy / tasks}
+    row = (f"| service, {nodes} node(s), {tasks} tasks | {wall:.2f} s | "
+           f"{figures['efficiency']:.3f} | {figures['busy_efficiency']:.3f} | "
+           f"{figures['gap_p50']:.1f} / {figures['gap_p95']:.1f} ms |")
+    return row, figures
+
+
+async def _naive_node(sim_url: str, count: int, seed0: int) -> None:
+    """What most wrappers do: submit one prompt, poll /history each second, download, repeat."""
+    from comfy_service.templates import load_templates, render, resolve
+    template = load_templates()["txt2img"]
+    async with httpx.AsyncClient(base_url=sim_url, timeout=10) as client:
+        for i in range(count):
+            values, _ = resolve(template, {"prompt": "a lighthouse", "width": 256, "height": 256,
+                                           "steps": STEPS, "seed": seed0 + i}, lambda n: 0)
+            prompt_id = (await client.post("/prompt", json={
+                "prompt": render(template, values, "naive")})).json()["prompt_id"]
+            while True:
+                await asyncio.sleep(1.0)
+                entry = (await client.get(f"/history/{prompt_id}")).json().get(prompt_id)
+                if entry:
+                    break
+            image = entry["outputs"]["9"]["images"][0]
+            await client.get("/view", params={"filename": image["filename"]})
+
+
+def bench_naive(root: pathlib.Path, nodes: int, tasks: int) -> str:
+    sims = [SimNodeProcess(root / f"naive{i}", step_ms=STEP_MS) for i in range(nodes)]
+    try:
+        started = time.perf_counter()
+
+        async def all_nodes() -> None:
+            await asyncio.gather(*(_naive_node(s.url, tasks // nodes, 1000 * i)
+                                   for i, s in enumerate(sims)))
+        asyncio.run(all_nodes())
+        wall = time.perf_counter() - started
+        spans = [_node_timeline(s.url) for s in sims]
+    finally:
+        for sim in sims:
+            sim.stop()
+    busy = sum(end - start for node in spans for start, end in node)
+    gaps = [g for node in spans for g in _gaps(node)]
+    nominal = tasks * STEPS * STEP_MS / 1000
+    return (f"| naive client (submit, poll /history each 1 s), {nodes} node(s), {tasks} tasks | "
+            f"{wall:.2f} s | {nominal / nodes / wall:.3f} | {busy / nodes / wall:.3f} | "
+            f"{percentile(gaps, 50) * 1000:.1f} / {percentile(gaps, 95) * 1000:.1f} ms |")
+
+
+# --- recovery -------------------------------------------------------------------------------------
+def bench_recover(root: pathlib.Path, runs: int = 3) -> list[str]:
+    rows = []
+    for run in range(runs):
+        stack = Stack(root / f"recover{run}", nodes=1, step_ms=50, env={"LEASE_TTL_S": "5"})
+        try:
+            task_id = stack.submit(txt2img_body(steps=150, seed=run))
+            stack.wait_task(task_id, ("running",))
+            stack.start_worker()
+            killed = time.time()
+            stack.workers[0].proc.send_signal(signal.SIGKILL)
+            log, watched = stack.root / "worker1.log", task_id
+            adopted = wait_until(lambda: _adoption_time(log, watched), 60, "adoption")  # noqa: B023
+            assert stack.wait_task(task_id, timeout=60)["status"] == "succeeded"
+            rows.append(adopted - killed)
+        finally:
+            stack.stop()
+    return [f"| worker SIGKILLed mid-task (lease 5 s), {runs} runs | "
+            f"{', '.join(f'{r:.2f}' for r in rows)} s to adoption | "
+            f"mean {statistics.mean(rows):.2f} s |"]
+
+
+def _adoption_time(log: pathlib.Path, task_id: str) -> float | None:
+    import datetime as dt
+    for line in log.read_text().splitlines() if log.exists() else []:
+        if '"task.adopted"' in line and task_id in line:
+            stamp = json.loads(line)["ts"].replace("Z", "+00:00")
+            return dt.datetime.fromisoformat(stamp).timestamp()
+    return None
+
+
+def main(argv: list[str]) -> int:
+    which = argv[0] if argv else "all"
+    print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {platform.processor() or ''} "
+          f"{_cpu_count()} cores, Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory(prefix="cs-bench-") as tmp:
+        root = pathlib.Path(tmp)
+        if which in ("submit", "all"):
+            print("\n| submit path | rate | latency |\n| --- | --- | --- |")
+            print("\n".join(bench_submit(root)), flush=True)
+        if which in ("fleet", "all"):
+            print("\n| fleet | wall | efficiency (nominal) | efficiency (node busy) | "
+                  "idle gap p50 / p95 |\n| --- | --- | --- | --- | --- |")
+            for nodes in (1, 4, 16):
+                print(bench_fleet(root, nodes, 200)[0], flush=True)
+            print(bench_naive(root, 4, 40), flush=True)
+        if which in ("recover", "all"):
+            print("\n| recovery | measured | summary |\n| --- | --- | --- |")
+            print("\n".join(bench_recover(root)), flush=True)
+    return 0
+
+
+def _cpu_count() -> int:
+    import os
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
