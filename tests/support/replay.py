@@ -68,6 +68,7 @@ class Replayer:
                         for label, entry in scenario["ws"].items()}
         self.prompt_ids: dict[str, str] = {}  # recorded prompt_id -> actual
         self.exchanges: list[Exchange] = []
+        self.errors: list[str] = []
         self._changed = asyncio.Event()
 
     # --- the scenario as a list of actions ----------------------------------------------------
@@ -140,7 +141,10 @@ class Replayer:
         return all(have.get(key, 0) >= count for key, count in want.items())
 
     async def _wait(self, before_seq: float) -> None:
+        # DEADLINE_S of silence, not of total time: a real server's cold model load alone took
+        # 19 s in the capture, and more than 30 s on a busy 2-core machine.
         deadline = time.monotonic() + DEADLINE_S
+        hard_deadline = time.monotonic() + 10 * DEADLINE_S
         while not all(self._caught_up(s, before_seq) for s in self.sockets.values() if s.open):
             self._changed.clear()
             left = deadline - time.monotonic()
@@ -151,6 +155,7 @@ class Replayer:
                                    f"real server had sent before seq {before_seq}")
             try:
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+                deadline = min(time.monotonic() + DEADLINE_S, hard_deadline)
             except TimeoutError:
                 pass
 
@@ -224,6 +229,8 @@ class Replayer:
                     elif kind == "close":
                         await self._close(payload)
                 await self._wait(float("inf"))
+            except TimeoutError as exc:  # report it with the comparison instead of losing both
+                self.errors.append(str(exc))
             finally:
                 for state in self.sockets.values():
                     if state.open:
@@ -231,7 +238,7 @@ class Replayer:
 
     # --- comparison ----------------------------------------------------------------------------
     def differences(self) -> list[str]:
-        diffs: list[str] = []
+        diffs: list[str] = list(self.errors)
         for exchange in self.exchanges:
             diffs += [f"HTTP {exchange.recorded['method']} {exchange.recorded['path']} "
                       f"({exchange.recorded.get('label')}): {d}" for d in self._compare_http(exchange)]
