@@ -5,6 +5,8 @@ PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# Go builds the Consul and Nomad agents when no binary is found (tools/agents/build.sh).
+export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: up test venv redis-server agents lint bench clean
 
@@ -24,8 +26,12 @@ up: $(STAMP)
 redis-server:
 	@bash scripts/ensure-redis-server.sh
 
+## Real Consul and Nomad binaries for tests: found, or built once and cached (~/.cache).
+agents:
+	@bash tools/agents/build.sh
+
 ## Run every test, doing all set-up first.
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server agents
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

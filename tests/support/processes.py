@@ -25,16 +25,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(condition: Callable[[], T | None], timeout: float, what: str,
-               interval: float = 0.02) -> T:
-    """Poll `condition` until it returns a truthy value; fail with `what` at the deadline."""
+def wait_until(condition: Callable[[], T | None], timeout: float,
+               what: str | Callable[[], str] = "a condition", interval: float = 0.02,
+               transient: Callable[[Exception], bool] = lambda exc: False) -> T:
+    """Poll `condition` until it returns a truthy value; fail with `what` at the deadline.
+
+    An exception from `condition` propagates unless `transient(exc)` says it only means
+    "not yet"; the last such exception is chained to the TimeoutError.
+    """
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while True:
-        result = condition()
+        try:
+            result = condition()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            last, result = exc, None
         if result:
             return result
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+            text = what() if callable(what) else what
+            if last is not None:
+                text = f"{text} (last error: {last!r})"
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {text}") from last
         time.sleep(interval)
 
 
