@@ -24,7 +24,7 @@ up: $(STAMP)
 
 ## Install redis-server when missing (apt-get as root; otherwise say what to install).
 redis-server:
-	@bash scripts/ensure-redis-server.sh
+	@bash scripts/ensure-command.sh redis-server redis-server
 
 ## Real Consul and Nomad binaries for tests: found, or built once and cached (~/.cache).
 agents:
@@ -45,4 +45,5 @@ clean:
 
 ## Measure speed (report in docs/benchmarks.md); not part of `make test`.
 bench: $(STAMP) redis-server
+	@bash scripts/ensure-command.sh wrk wrk
 	$(BIN)/python scripts/bench.py $(BENCH)

@@ -19,6 +19,7 @@ class Settings:
     comfyui_urls: tuple[str, ...] = ()
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    api_workers: int = 1
     output_dir: pathlib.Path = pathlib.Path(".run/outputs")
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     node_slots: int = 2
@@ -45,6 +46,7 @@ class Settings:
             comfyui_urls=tuple(u.rstrip("/") for u in _csv(get("COMFYUI_URLS"))),
             api_host=get("API_HOST", cls.api_host),
             api_port=int(get("API_PORT", str(cls.api_port))),
+            api_workers=max(1, int(get("API_WORKERS", "1"))),
             output_dir=pathlib.Path(get("OUTPUT_DIR", str(cls.output_dir))).resolve(),
             api_keys=_csv(get("API_KEYS")),
             node_slots=max(1, int(get("NODE_SLOTS", str(cls.node_slots)))),
