@@ -29,6 +29,6 @@ def admit(task_id: str) -> None:
         return
     if not client.set(ADMITTED_KEY.format(task_id=task_id), "1", nx=True, ex=7 * 24 * 3600):
         return  # already admitted: a redelivery
-    sequence = client.incr(c.SEQUENCE_KEY)
-    client.zadd(c.READY_KEY, {task_id: ready_score(int(record.get("priority") or 0), sequence)})
+    score = ready_score(int(record.get("priority") or 0), int(record.get("sequence") or 0))
+    client.zadd(c.READY_KEY, {task_id: score})
     client.publish(c.WAKE_CHANNEL, task_id)

@@ -93,10 +93,13 @@ class TaskStore:
                     continue
 
     # --- the ready queue and slots -------------------------------------------------------------
+    async def next_sequence(self) -> int:
+        return int(await self.redis.incr(c.SEQUENCE_KEY))
+
     async def enqueue_ready(self, record: TaskRecord) -> None:
-        sequence = await self.redis.incr(c.SEQUENCE_KEY)
+        """Back in line at its original place (a task whose node failed does not go last)."""
         await self.redis.zadd(c.READY_KEY, {record.task_id: ready_score(record.priority,
-                                                                         sequence)})
+                                                                         record.sequence)})
 
     async def remove_ready(self, task_id: str) -> bool:
         return bool(await self.redis.zrem(c.READY_KEY, task_id))

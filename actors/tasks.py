@@ -44,6 +44,7 @@ class TaskRecord:
     error: dict[str, Any] | None = None
     cancel_requested: bool = False
     request_id: str | None = None
+    sequence: int = 0  # acceptance order: first come, first served within a priority
 
     @property
     def final(self) -> bool:

@@ -121,7 +121,8 @@ class Gateway:
                 [name for name, snap in nodes.items() if snap.get("healthy")])
         parsed = parse_generate(body, self.templates, object_info,
                                 lambda limit: secrets.randbelow(limit + 1), task_id)
-        record = new_record(parsed, task_id, request_id_var.get())
+        record = new_record(parsed, task_id, request_id_var.get(),
+                            await self.store.next_sequence())
         answer = {"task_id": task_id, "status": tasks.QUEUED, "created_at": record.created_at}
         if idempotency_key:
             stored = json.dumps({"body_hash": body_hash, "answer": answer})
@@ -216,7 +217,8 @@ class Gateway:
         snapshots = await self.store.nodes()
         healthy = sum(1 for n in snapshots.values() if n.get("healthy"))
         return JSONResponse({"status": "ready", "redis": "ok", "nodes_healthy": healthy,
-                             "nodes_total": len(snapshots)})
+                             "nodes_total": len(snapshots),
+                             "tasks_waiting": await self.store.ready_count()})
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

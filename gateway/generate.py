@@ -105,11 +105,12 @@ def check_custom_graph(graph: Any, object_info: dict[str, Any]) -> dict[str, Any
     return graph
 
 
-def new_record(request: GenerateRequest, task_id: str, request_id: str | None) -> TaskRecord:
+def new_record(request: GenerateRequest, task_id: str, request_id: str | None,
+               sequence: int) -> TaskRecord:
     return TaskRecord(task_id=task_id, status=QUEUED, graph=request.graph, created_at=utc_now(),
                       workflow=request.workflow, params=request.params,
                       priority=request.priority, timeout_s=request.timeout_s,
-                      request_id=request_id)
+                      request_id=request_id, sequence=sequence)
 
 
 def new_task_id() -> str:

@@ -119,24 +119,37 @@ def test_execution_errors_and_timeouts_fail_the_task(stack_factory: Any) -> None
 
 
 def test_higher_priority_runs_first_under_backlog(stack_factory: Any) -> None:
-    stack = stack_factory(nodes=1, step_ms=20, env={"NODE_SLOTS": "1"})
-    blocker = stack.submit(slow_body(40))
+    stack = stack_factory(nodes=1, step_ms=60, env={"NODE_SLOTS": "1"})
+    # Given the only slot busy with a long task, and a backlog of low then high priority
+    blocker = stack.submit(slow_body(150))
     stack.wait_task(blocker, ("running",))
     low = [stack.submit(txt2img_body(steps=1, seed=i) | {"priority": 0}) for i in range(3)]
     high = stack.submit(txt2img_body(steps=1, seed=99) | {"priority": 10})
-    tasks = {t: stack.wait_task(t) for t in [blocker, *low, high]}
+    wait_until(lambda: stack.http.get("/readyz").json()["tasks_waiting"] == 4, 20,
+               "all four to be admitted to the ready queue")
+    # When the slot frees
+    assert stack.http.delete(f"/api/v1/tasks/{blocker}").status_code == 202
+    # Then the high-priority task runs before the earlier low ones
+    tasks = {t: stack.wait_task(t) for t in [*low, high]}
     order = sorted(tasks, key=lambda t: tasks[t]["started_at"])
-    assert order == [blocker, high, *low]
+    assert order == [high, *low]
 
 
 def test_a_long_task_does_not_hold_up_work_another_node_can_do(stack_factory: Any) -> None:
-    stack = stack_factory(nodes=2, step_ms=30, env={"NODE_SLOTS": "1"})
-    long_task = stack.submit(slow_body(150))
+    stack = stack_factory(nodes=2, step_ms=20, env={"NODE_SLOTS": "1"})
+    long_task = stack.submit(slow_body(150) | {"timeout_s": 3600})
+    httpx.post(f"{stack.sims[0].url}/sim/faults", json={"step_ms": 1000}).raise_for_status()
+    httpx.post(f"{stack.sims[1].url}/sim/faults", json={"step_ms": 1000}).raise_for_status()
     stack.wait_task(long_task, ("running",))
+    # the long task now takes minutes; the other node's slot takes the short ones meanwhile
+    for sim in stack.sims:
+        if not stack.task(long_task)["node"].endswith(sim.url.rsplit(":", 1)[1]):
+            httpx.post(f"{sim.url}/sim/faults", json={"step_ms": 20}).raise_for_status()
     short = [stack.submit(txt2img_body(steps=1, seed=i)) for i in range(4)]
     for task_id in short:
         assert stack.wait_task(task_id, timeout=30)["status"] == "succeeded"
     assert stack.task(long_task)["status"] == "running"
+    stack.http.delete(f"/api/v1/tasks/{long_task}")
 
 
 def test_tasks_survive_a_gateway_restart(stack_factory: Any) -> None:

@@ -100,12 +100,15 @@ def test_storydiffusion_template_gives_one_image_per_scene_without_progress(
 
 
 def test_a_targeted_interrupt_stops_the_running_prompt_within_one_step(
-        sim: SimNodeProcess) -> None:
+        fresh_sim: SimNodeProcess) -> None:
+    # Steps of 250 ms, so the interrupt's own trip (even on a busy machine) lands in step 3.
+    httpx.post(f"{fresh_sim.url}/sim/faults", json={"step_ms": 250}).raise_for_status()
+
     async def interrupt_after_second_step(client: httpx.AsyncClient, run: Run,
                                           message: dict[str, Any]) -> None:
         if message["type"] == "progress" and message["data"]["value"] == 2:
             await client.post("/interrupt", json={"prompt_id": run.prompt_id})
-    run = asyncio.run(run_prompt(sim.url, txt2img(steps=200, seed=99),
+    run = asyncio.run(run_prompt(fresh_sim.url, txt2img(steps=200, seed=99),
                                  on_message=interrupt_after_second_step))
     assert run.terminal == "execution_interrupted"
     assert max(p["value"] for p in run.of_type("progress")) <= 3
@@ -115,13 +118,14 @@ def test_front_puts_a_prompt_ahead_of_the_queue(sim: SimNodeProcess) -> None:
     async def scenario() -> tuple[list[str], str, str]:
         async with httpx.AsyncClient(base_url=sim.url, timeout=10) as client:
             blocker = (await client.post("/prompt", json={
-                "prompt": txt2img(steps=25, seed=1001)})).json()["prompt_id"]
+                "prompt": txt2img(steps=10_000, seed=1001)})).json()["prompt_id"]
             back = (await client.post("/prompt", json={
                 "prompt": txt2img(steps=1, seed=1002)})).json()["prompt_id"]
             front = (await client.post("/prompt", json={
                 "prompt": txt2img(steps=1, seed=1003), "front": True})).json()["prompt_id"]
             queue = (await client.get("/queue")).json()
             assert [item[1] for item in queue["queue_running"]] == [blocker]
+            await client.post("/interrupt", json={"prompt_id": blocker})
             for prompt_id in (blocker, back, front):
                 await asyncio.to_thread(wait_until, lambda pid=prompt_id: httpx.get(
                     f"{sim.url}/history/{pid}").json(), 20, "prompts to finish")
