@@ -1,20 +1,21 @@
 """The `admit` actor: a new task enters the ready queue, where workers bind it to a node slot.
 
-Declared on the broker built by actors.broker (import that first). Idempotent, so a
-redelivered message never queues a task twice.
+Declared on the broker built by actors.broker (import that first). Idempotent (one Lua script
+checks the ready queue, leases and slots), so a redelivered message never queues a task twice.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import dramatiq
 
 from actors.broker import ADMIT_ACTOR
-from actors.store import ready_score
+from actors.store import ADMIT_LUA, admit_keys, ready_score
 from comfy_service import constants as c
 
-ADMITTED_KEY = c.KEY_PREFIX + "admitted:{task_id}"
+_scripts: dict[int, Any] = {}
 
 
 @dramatiq.actor(actor_name=ADMIT_ACTOR, queue_name=c.ADMIT_QUEUE, max_retries=20,
@@ -22,13 +23,12 @@ ADMITTED_KEY = c.KEY_PREFIX + "admitted:{task_id}"
 def admit(task_id: str) -> None:
     client = dramatiq.get_broker().client  # type: ignore[attr-defined]
     raw = client.get(c.TASK_KEY.format(task_id=task_id))
-    if raw is None:
+    if raw is None or json.loads(raw)["status"] != "queued":
+        client.zrem(c.ACCEPTED_KEY, task_id)
         return
     record = json.loads(raw)
-    if record["status"] != "queued":
-        return
-    if not client.set(ADMITTED_KEY.format(task_id=task_id), "1", nx=True, ex=7 * 24 * 3600):
-        return  # already admitted: a redelivery
+    script = _scripts.get(id(client)) or _scripts.setdefault(id(client),
+                                                              client.register_script(ADMIT_LUA))
     score = ready_score(int(record.get("priority") or 0), int(record.get("sequence") or 0))
-    client.zadd(c.READY_KEY, {task_id: score})
-    client.publish(c.WAKE_CHANNEL, task_id)
+    if script(keys=admit_keys(), args=[task_id, score]):
+        client.publish(c.WAKE_CHANNEL, task_id)

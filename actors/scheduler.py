@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from actors import tasks
 from actors.dispatch import NodeView, choose_node
 from actors.execution import TaskRun, WorkerContext
 from actors.node_link import NodeLink
@@ -50,6 +51,7 @@ class Scheduler:
         self._loops = [asyncio.create_task(coro, name=name) for name, coro in (
             ("fill", self._fill_forever()), ("leases", self._renew_forever()),
             ("adopt", self._adopt_forever()), ("pubsub", self._listen_forever()),
+            ("sweep", self._sweep_forever()),
             ("snapshots", self._snapshot_forever()))]
         event(log, "worker.started", worker=self.settings.worker_id,
               nodes=list(self.ctx.links), slots=self.settings.node_slots)
@@ -129,18 +131,60 @@ class Scheduler:
         for task_id in await store.lapsed():
             if task_id in self.ctx.owned:
                 continue
+            node = await store.adopt(task_id, self.settings.worker_id, self.settings.lease_ttl_s)
+            if node is None:
+                continue
             record = await store.get(task_id)
-            link = self.ctx.links.get(record.node or "") if record else None
-            if not await store.adopt(task_id, record.node if record else None,
-                                     self.settings.worker_id, self.settings.lease_ttl_s):
+            link = self.ctx.links.get(node)
+            if record is not None and not record.final and record.node is None:
+                # Its worker died between taking the slot and recording it: nothing reached
+                # the node, so the task simply goes back in line.
+                await store.release(node, task_id)
+                await store.enqueue_ready(record)
+                self.ctx.wake.set()
+                event(log, "task.requeued_unstarted", task_id=task_id, node=node)
                 continue
             if record is None or record.final or link is None:
-                await store.release(record.node if record and record.node else "", task_id)
-                if record is not None and not record.final and link is None:
-                    event(log, "task.orphaned", logging.WARNING, task_id=task_id,
-                          node=record.node)
+                await store.release(node, task_id)
+                if record is not None and not record.final:
+                    await self._node_unknown(record, node)
                 continue
             self._start(TaskRun(self.ctx, task_id, link, adopted=True))
+
+    async def _sweep_forever(self) -> None:
+        """Admit tasks whose admission message never came (a gateway that died between
+        storing a task and sending it): accepted means admitted, sooner or later."""
+        period = 2 * self.settings.lease_ttl_s  # the same order as our other recoveries
+        while True:
+            await asyncio.sleep(period)
+            try:
+                for task_id in await self.ctx.store.unadmitted(older_than_s=period):
+                    record = await self.ctx.store.get(task_id)
+                    if record is None or record.status != tasks.QUEUED:
+                        await self.ctx.store.forget_accepted(task_id)
+                    elif await self.ctx.store.admit(record):
+                        event(log, "task.admitted_by_sweep", task_id=task_id)
+                        self.ctx.wake.set()
+            except Exception:
+                event(log, "worker.sweep_failed", logging.WARNING, exc_info=True)
+
+    async def _node_unknown(self, record: tasks.TaskRecord, node: str) -> None:
+        """An orphan on a node this worker does not know (removed from the configuration):
+        treated like a lost node, so the task still ends or runs elsewhere."""
+        def retry_or_fail(current: tasks.TaskRecord) -> tasks.TaskRecord:
+            if current.attempts >= self.settings.max_attempts:
+                return tasks.failed(current, {"code": "node_lost", "message":
+                                              f"node {node} is no longer configured",
+                                              "details": None}, tasks.utc_now())
+            return tasks.requeued(current)
+        try:
+            updated = await self.ctx.store.update(record.task_id, retry_or_fail)
+        except tasks.InvalidTransition:
+            return
+        if updated is not None and updated.status == tasks.QUEUED:
+            await self.ctx.store.enqueue_ready(updated)
+            self.ctx.wake.set()
+        event(log, "task.orphaned", logging.WARNING, task_id=record.task_id, node=node)
 
     # --- wake-ups and cancels from other processes ---------------------------------------------
     async def _listen_forever(self) -> None:

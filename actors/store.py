@@ -21,24 +21,41 @@ from comfy_service import constants as c
 PRIORITY_LIMIT = 1000  # priorities are clamped to +-this so scores stay exact in a double
 _SEQ_SPAN = 2 ** 40
 
-# Pop the best ready task onto a node if the node has a free slot; lease it to the worker.
+# Pop the best ready task onto a node if the node has a free slot; lease it to the worker and
+# remember which node holds it (so a slot is never leaked, even if the worker dies right now).
 _BIND = """
 if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[1]) then return false end
 local popped = redis.call('ZPOPMIN', KEYS[1])
 if #popped == 0 then return false end
 redis.call('HSET', KEYS[2], popped[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], popped[1])
+redis.call('HSET', KEYS[4], popped[1], ARGV[4])
 return popped[1]
 """
 
-# Take over a lapsed lease (its worker died): only one adopter wins.
+# Take over a lapsed lease (its worker died): only one adopter wins. Answers the node.
 _ADOPT = """
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then return 0 end
+if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then return false end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[4]) end
+local node = redis.call('HGET', KEYS[2], ARGV[1])
+if node then redis.call('HSET', ARGV[5] .. node, ARGV[1], ARGV[4]) end
+return node or ''
+"""
+
+# Admission: into the ready queue unless it is there already or holds a slot (a redelivered
+# message, or the sweeper re-sending one, must never queue a task twice).
+ADMIT_LUA = """
+redis.call('ZREM', KEYS[4], ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZSCORE', KEYS[2], ARGV[1])
+   or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
+
+
+def admit_keys() -> list[str]:
+    return [c.READY_KEY, c.LEASES_KEY, c.BOUND_KEY, c.ACCEPTED_KEY]
 
 
 def now_ms() -> int:
@@ -57,13 +74,26 @@ class TaskStore:
         self.ttl_s = ttl_s
         self._bind = redis.register_script(_BIND)
         self._adopt = redis.register_script(_ADOPT)
+        self._admit = redis.register_script(ADMIT_LUA)
 
     @staticmethod
     def key(task_id: str) -> str:
         return c.TASK_KEY.format(task_id=task_id)
 
     async def create(self, record: TaskRecord) -> None:
-        await self.redis.set(self.key(record.task_id), json.dumps(record.to_dict()))
+        """Store a new task and note it as accepted until admission takes it (see sweep)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.key(record.task_id), json.dumps(record.to_dict()))
+            pipe.zadd(c.ACCEPTED_KEY, {record.task_id: now_ms()})
+            await pipe.execute()
+
+    async def unadmitted(self, older_than_s: float, limit: int = 100) -> list[str]:
+        """Accepted tasks no admission message has taken after a while (the gateway died
+        between storing one and sending its message, say)."""
+        found = await self.redis.zrangebyscore(c.ACCEPTED_KEY, "-inf",
+                                               now_ms() - int(older_than_s * 1000), start=0,
+                                               num=limit)
+        return [t.decode() if isinstance(t, bytes) else str(t) for t in found]
 
     async def get(self, task_id: str) -> TaskRecord | None:
         raw = await self.redis.get(self.key(task_id))
@@ -101,6 +131,15 @@ class TaskStore:
         await self.redis.zadd(c.READY_KEY, {record.task_id: ready_score(record.priority,
                                                                          record.sequence)})
 
+    async def admit(self, record: TaskRecord) -> bool:
+        """The admission step, for the sweeper (the `admit` actor runs the same script)."""
+        added = await self._admit(keys=admit_keys(), args=[
+            record.task_id, ready_score(record.priority, record.sequence)])
+        return bool(added)
+
+    async def forget_accepted(self, task_id: str) -> None:
+        await self.redis.zrem(c.ACCEPTED_KEY, task_id)
+
     async def remove_ready(self, task_id: str) -> bool:
         return bool(await self.redis.zrem(c.READY_KEY, task_id))
 
@@ -109,8 +148,8 @@ class TaskStore:
 
     async def bind_next(self, node: str, slots: int, worker: str, lease_s: float) -> str | None:
         task_id = await self._bind(keys=[c.READY_KEY, c.SLOTS_KEY.format(node=node),
-                                         c.LEASES_KEY],
-                                   args=[slots, worker, now_ms() + int(lease_s * 1000)])
+                                         c.LEASES_KEY, c.BOUND_KEY],
+                                   args=[slots, worker, now_ms() + int(lease_s * 1000), node])
         return task_id.decode() if isinstance(task_id, bytes) else task_id
 
     async def slots_used(self, nodes: list[str]) -> dict[str, int]:
@@ -124,6 +163,7 @@ class TaskStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(c.SLOTS_KEY.format(node=node), task_id)
             pipe.zrem(c.LEASES_KEY, task_id)
+            pipe.hdel(c.BOUND_KEY, task_id)
             await pipe.execute()
 
     async def renew(self, task_ids: list[str], lease_s: float) -> None:
@@ -135,11 +175,15 @@ class TaskStore:
         found = await self.redis.zrangebyscore(c.LEASES_KEY, "-inf", now_ms(), start=0, num=limit)
         return [t.decode() if isinstance(t, bytes) else str(t) for t in found]
 
-    async def adopt(self, task_id: str, node: str | None, worker: str, lease_s: float) -> bool:
-        slots_key = c.SLOTS_KEY.format(node=node or "")
-        won = await self._adopt(keys=[c.LEASES_KEY, slots_key],
-                                args=[task_id, now_ms(), now_ms() + int(lease_s * 1000), worker])
-        return bool(won)
+    async def adopt(self, task_id: str, worker: str, lease_s: float) -> str | None:
+        """Take over a lapsed lease; answers the node holding the task's slot ("" if none),
+        or None when another worker won or the lease was renewed."""
+        node = await self._adopt(keys=[c.LEASES_KEY, c.BOUND_KEY],
+                                 args=[task_id, now_ms(), now_ms() + int(lease_s * 1000), worker,
+                                       c.SLOTS_KEY.format(node="")])
+        if node is None:
+            return None
+        return node.decode() if isinstance(node, bytes) else str(node)
 
     # --- node snapshots and object_info, for the gateway ---------------------------------------
     async def publish_nodes(self, snapshots: dict[str, dict[str, Any]]) -> None:

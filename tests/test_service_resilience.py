@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from actors.tasks import QUEUED, TaskRecord
+from comfy_service import constants as c
+from comfy_service.templates import load_templates, render, resolve
 from tests.support.processes import wait_until
 from tests.support.service import Stack, slow_body, txt2img_body
 
@@ -160,3 +166,21 @@ def test_tasks_survive_a_gateway_restart(stack_factory: Any) -> None:
     stack.gateway.stop()
     stack.start_gateway()
     assert stack.wait_task(task_id)["status"] == "succeeded"
+
+
+def test_a_task_whose_admission_message_was_lost_still_runs(stack_factory: Any) -> None:
+    # Given a task stored as the gateway stores it, whose admission message never went out
+    # (the gateway died in between): recorded as accepted a while ago, not in the ready queue
+    stack = stack_factory(nodes=1, step_ms=10)
+    template = load_templates()["txt2img"]
+    values, _ = resolve(template, {"prompt": "x", "steps": 1, "seed": 1}, lambda n: 0)
+    record = TaskRecord(task_id="lost-admission", status=QUEUED, created_at="2026-01-01T00:00:00Z",
+                        graph=render(template, values, "cs/lost-admission"), workflow="txt2img",
+                        params=values, sequence=1)
+    client = redis.Redis.from_url(stack.redis.url)
+    client.set(c.TASK_KEY.format(task_id=record.task_id), json.dumps(record.to_dict()))
+    client.zadd(c.ACCEPTED_KEY, {record.task_id: int(time.time() * 1000) - 60_000})
+    # Then a worker's sweep admits it and it runs
+    assert stack.wait_task(record.task_id, timeout=30)["status"] == "succeeded"
+    assert client.zscore(c.ACCEPTED_KEY, record.task_id) is None
+    client.close()
