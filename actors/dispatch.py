@@ -1,9 +1,21 @@
-"""Which node gets the next task (pure): the least-loaded healthy node with a free slot."""
+"""Which node gets the next task (pure): the least-loaded healthy node with a free slot.
+
+Score (lower is better), from our own slot accounting (authoritative) and the sidecar's Meta:
+
+    slots_used / (slots * weight)            our load on the node, scaled by its speed
+  + 0.5 * shared_gpu_load                    used/slots over all nodes on the same GPU
+  + 0.3 * gpu_util / 100                     what NVML sees, including work we did not send
+  + 0.2 * vram_used / vram_total             memory pressure
+
+Nodes that lack a node class or checkpoint a task needs are never chosen for it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+SHARED_GPU_WEIGHT, GPU_UTIL_WEIGHT, VRAM_WEIGHT = 0.5, 0.3, 0.2
 
 
 @dataclass(frozen=True)
@@ -13,19 +25,78 @@ class NodeView:
     slots: int            # how many tasks we keep on it at once (one executing, one waiting)
     used: int             # our own slot accounting, authoritative (from Redis)
     weight: float = 1.0   # relative speed: a node twice as fast takes twice the share
+    gpu_uuid: str | None = None
+    gpu_util: float | None = None        # percent
+    vram_fraction: float | None = None   # used / total
+    classes: frozenset[str] | None = None      # node classes it has (None: unknown yet)
+    checkpoints: frozenset[str] | None = None
 
     @property
     def free(self) -> int:
         return self.slots - self.used
 
-    @property
-    def load(self) -> float:
-        return self.used / (self.slots * self.weight)
+
+@dataclass(frozen=True)
+class Need:
+    """What a task needs from a node: node classes and checkpoint file names."""
+
+    classes: frozenset[str] = field(default_factory=frozenset)
+    checkpoints: frozenset[str] = field(default_factory=frozenset)
 
 
-def choose_node(nodes: Iterable[NodeView]) -> NodeView | None:
-    """Lowest load among healthy nodes with a free slot; ties go to the most free slots."""
-    candidates = [n for n in nodes if n.healthy and n.free > 0]
+def need_of(graph: Mapping[str, object]) -> Need:
+    classes, checkpoints = set(), set()
+    for node in graph.values():
+        if not isinstance(node, dict):
+            continue
+        classes.add(str(node.get("class_type")))
+        ckpt = (node.get("inputs") or {}).get("ckpt_name")
+        if isinstance(ckpt, str):
+            checkpoints.add(ckpt)
+    return Need(frozenset(classes), frozenset(checkpoints))
+
+
+def can_run(node: NodeView, need: Need) -> bool:
+    if node.classes is not None and not need.classes <= node.classes:
+        return False
+    return node.checkpoints is None or need.checkpoints <= node.checkpoints
+
+
+def score(node: NodeView, nodes: Iterable[NodeView]) -> float:
+    value = node.used / (node.slots * node.weight)
+    if node.gpu_uuid:
+        same_gpu = [n for n in nodes if n.gpu_uuid == node.gpu_uuid]
+        if len(same_gpu) > 1:
+            value += SHARED_GPU_WEIGHT * sum(n.used for n in same_gpu) / sum(
+                n.slots for n in same_gpu)
+    if node.gpu_util is not None:
+        value += GPU_UTIL_WEIGHT * node.gpu_util / 100
+    if node.vram_fraction is not None:
+        value += VRAM_WEIGHT * node.vram_fraction
+    return value
+
+
+def choose_node(nodes: Iterable[NodeView], need: Need = Need()) -> NodeView | None:
+    """Lowest score among healthy nodes with a free slot that can run it; ties: most free."""
+    everyone = list(nodes)
+    candidates = [n for n in everyone if n.healthy and n.free > 0 and can_run(n, need)]
     if not candidates:
         return None
-    return min(candidates, key=lambda n: (n.load, -n.free, n.name))
+    return min(candidates, key=lambda n: (score(n, everyone), -n.free, n.name))
+
+
+def load_from_meta(meta: Mapping[str, str]) -> dict[str, object]:
+    """NodeView fields from a sidecar's Consul Meta (pure; bad values are ignored)."""
+    fields: dict[str, object] = {}
+    try:
+        if "weight" in meta:
+            fields["weight"] = max(0.01, float(meta["weight"]))
+        if "gpu_util" in meta:
+            fields["gpu_util"] = float(meta["gpu_util"])
+        if meta.get("vram_total_mb") and float(meta["vram_total_mb"]) > 0:
+            fields["vram_fraction"] = float(meta["vram_used_mb"]) / float(meta["vram_total_mb"])
+        if meta.get("gpu_uuid"):
+            fields["gpu_uuid"] = meta["gpu_uuid"]
+    except (ValueError, KeyError):
+        pass
+    return fields

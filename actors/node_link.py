@@ -54,6 +54,8 @@ class NodeLink:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._set_health(False, "link stopped")
+        self._lose_all()
         await self.http.close()
 
     async def wait_up(self, timeout: float) -> bool:

@@ -15,7 +15,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from actors import tasks
-from actors.dispatch import NodeView, choose_node
+from actors.discovery import DiscoveredNode, static_nodes, watch_consul
+from actors.dispatch import Need, NodeView, choose_node, load_from_meta, need_of
 from actors.execution import TaskRun, WorkerContext
 from actors.node_link import NodeLink
 from actors.store import TaskStore
@@ -27,33 +28,40 @@ from comfy_service.settings import Settings
 log = logging.getLogger("actors.scheduler")
 
 POLL_S = 0.5               # fallback when no wake-up arrives
+LOOKAHEAD = 16             # ready tasks considered per binding (a task no free node can run
+                           # does not hold up the ones behind it)
 SNAPSHOT_S = 1.0
 
 
-def node_name(url: str) -> str:
-    return url.split("://", 1)[-1]
+async def _never() -> None:
+    await asyncio.Event().wait()
 
 
 class Scheduler:
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
         self.settings = settings
         self.redis = redis
-        links = {node_name(url): NodeLink(node_name(url), url,
-                                          f"cs-{settings.worker_id}-{index}")
-                 for index, url in enumerate(settings.comfyui_urls)}
-        self.ctx = WorkerContext(settings, TaskStore(redis, settings.task_ttl_s), links)
+        self.ctx = WorkerContext(settings, TaskStore(redis, settings.task_ttl_s), {})
         self._loops: list[asyncio.Task[Any]] = []
         self._info_published: set[str] = set()
+        self._meta: dict[str, dict[str, object]] = {}
+        self._needs: dict[str, Need] = {}
+        self._link_count = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        for link in self.ctx.links.values():
-            link.start()
+        settings = self.settings
+        if settings.discovery == "consul":
+            discovery = watch_consul(settings.consul_addr, settings.consul_service,
+                                     settings.consul_token, self.apply_nodes)
+        else:
+            await self.apply_nodes(static_nodes(settings.comfyui_urls))
+            discovery = _never()  # a static list never changes
         self._loops = [asyncio.create_task(coro, name=name) for name, coro in (
             ("fill", self._fill_forever()), ("leases", self._renew_forever()),
             ("adopt", self._adopt_forever()), ("pubsub", self._listen_forever()),
-            ("sweep", self._sweep_forever()),
+            ("sweep", self._sweep_forever()), ("discovery", discovery),
             ("snapshots", self._snapshot_forever()))]
-        event(log, "worker.started", worker=self.settings.worker_id,
+        event(log, "worker.started", worker=self.settings.worker_id, discovery=settings.discovery,
               nodes=list(self.ctx.links), slots=self.settings.node_slots)
         await stop.wait()
         await self.shutdown()
@@ -76,21 +84,72 @@ class Scheduler:
             await link.stop()
         event(log, "worker.stopped", worker=self.settings.worker_id, handed_off=len(owned))
 
+    # --- nodes -----------------------------------------------------------------------------------
+    async def apply_nodes(self, nodes: list[DiscoveredNode]) -> None:
+        """A new view of the nodes: start links to new ones; fail over from vanished ones."""
+        current = {node.name: node for node in nodes}
+        for name in [n for n in self.ctx.links if n not in current]:
+            link = self.ctx.links.pop(name)
+            self._meta.pop(name, None)
+            # Its tasks are told at once that the node is lost: they go back in line with one
+            # attempt spent and run elsewhere, and their slots here are released.
+            await link.stop()
+            event(log, "node.removed", logging.WARNING, node=name,
+                  tasks=sum(1 for run in self.ctx.owned.values() if run.link is link))
+        for name, node in current.items():
+            self._meta[name] = load_from_meta(node.meta)
+            if name not in self.ctx.links:
+                self._link_count += 1
+                link = NodeLink(name, node.url,
+                                f"cs-{self.settings.worker_id}-{self._link_count}")
+                self.ctx.links[name] = link
+                link.start()
+                event(log, "node.added", node=name, url=node.url)
+        self.ctx.wake.set()
+
+    def _views(self, used: dict[str, int]) -> list[NodeView]:
+        views = []
+        for name, link in self.ctx.links.items():
+            info = link.object_info
+            classes = frozenset(info) if info else None
+            checkpoints = None
+            if info and "CheckpointLoaderSimple" in info:
+                spec = info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+                checkpoints = frozenset(spec) if isinstance(spec, list) else None
+            views.append(NodeView(name, link.healthy, self.settings.node_slots, used[name],
+                                  classes=classes, checkpoints=checkpoints,
+                                  **self._meta.get(name, {})))  # type: ignore[arg-type]
+        return views
+
+    async def _need(self, task_id: str) -> Need | None:
+        if task_id not in self._needs:
+            record = await self.ctx.store.get(task_id)
+            if record is None:
+                return None
+            if len(self._needs) > 10_000:
+                self._needs.clear()
+            self._needs[task_id] = need_of(record.graph)
+        return self._needs[task_id]
+
     # --- binding -------------------------------------------------------------------------------
     async def fill_slots(self) -> None:
         store, slots = self.ctx.store, self.settings.node_slots
         while True:
             used = await store.slots_used(list(self.ctx.links))
-            views = [NodeView(name, link.healthy, slots, used[name])
-                     for name, link in self.ctx.links.items()]
-            chosen = choose_node(views)
-            if chosen is None:
+            views = self._views(used)
+            if not any(v.healthy and v.free > 0 for v in views):
                 return
-            task_id = await store.bind_next(chosen.name, slots, self.settings.worker_id,
-                                            self.settings.lease_ttl_s)
-            if task_id is None:
+            for task_id in await store.peek_ready(LOOKAHEAD):
+                need = await self._need(task_id)
+                chosen = choose_node(views, need) if need is not None else None
+                if chosen is not None and await store.bind(
+                        task_id, chosen.name, slots, self.settings.worker_id,
+                        self.settings.lease_ttl_s):
+                    self._needs.pop(task_id, None)
+                    self._start(TaskRun(self.ctx, task_id, self.ctx.links[chosen.name]))
+                    break
+            else:
                 return
-            self._start(TaskRun(self.ctx, task_id, self.ctx.links[chosen.name]))
 
     def _start(self, run: TaskRun) -> None:
         self.ctx.owned[run.task_id] = run

@@ -21,16 +21,16 @@ from comfy_service import constants as c
 PRIORITY_LIMIT = 1000  # priorities are clamped to +-this so scores stay exact in a double
 _SEQ_SPAN = 2 ** 40
 
-# Pop the best ready task onto a node if the node has a free slot; lease it to the worker and
-# remember which node holds it (so a slot is never leaked, even if the worker dies right now).
+# Move a ready task onto a node if it is still waiting and the node has a free slot; lease it
+# to the worker and remember which node holds it (so a slot never leaks, even if the worker
+# dies right after).
 _BIND = """
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[1]) then return false end
-local popped = redis.call('ZPOPMIN', KEYS[1])
-if #popped == 0 then return false end
-redis.call('HSET', KEYS[2], popped[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], popped[1])
-redis.call('HSET', KEYS[4], popped[1], ARGV[4])
-return popped[1]
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[1]) then return 0 end
+if redis.call('ZREM', KEYS[1], ARGV[5]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[5], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
+redis.call('HSET', KEYS[4], ARGV[5], ARGV[4])
+return 1
 """
 
 # Take over a lapsed lease (its worker died): only one adopter wins. Answers the node.
@@ -146,11 +146,18 @@ class TaskStore:
     async def ready_count(self) -> int:
         return int(await self.redis.zcard(c.READY_KEY))
 
-    async def bind_next(self, node: str, slots: int, worker: str, lease_s: float) -> str | None:
-        task_id = await self._bind(keys=[c.READY_KEY, c.SLOTS_KEY.format(node=node),
-                                         c.LEASES_KEY, c.BOUND_KEY],
-                                   args=[slots, worker, now_ms() + int(lease_s * 1000), node])
-        return task_id.decode() if isinstance(task_id, bytes) else task_id
+    async def peek_ready(self, count: int) -> list[str]:
+        """The first `count` waiting tasks, best first."""
+        found = await self.redis.zrange(c.READY_KEY, 0, count - 1)
+        return [t.decode() if isinstance(t, bytes) else str(t) for t in found]
+
+    async def bind(self, task_id: str, node: str, slots: int, worker: str,
+                   lease_s: float) -> bool:
+        bound = await self._bind(keys=[c.READY_KEY, c.SLOTS_KEY.format(node=node),
+                                       c.LEASES_KEY, c.BOUND_KEY],
+                                 args=[slots, worker, now_ms() + int(lease_s * 1000), node,
+                                       task_id])
+        return bool(bound)
 
     async def slots_used(self, nodes: list[str]) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -39,8 +39,9 @@ async def _serve(settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env(os.environ)
     logs.setup(settings.log_level, settings.log_format)
-    if not settings.comfyui_urls:
-        raise SystemExit("COMFYUI_URLS is empty: the worker has no ComfyUI node to use")
+    if settings.discovery == "static" and not settings.comfyui_urls:
+        raise SystemExit("COMFYUI_URLS is empty: the worker has no ComfyUI node to use "
+                         "(or set DISCOVERY=consul)")
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.api_host)
     broker = build_broker(settings.redis_url)

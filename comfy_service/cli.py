@@ -10,8 +10,9 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="comfy-service", description=__doc__)
-    parser.add_argument("command", choices=["gateway", "worker", "sim", "up"],
+    parser.add_argument("command", choices=["gateway", "worker", "sidecar", "sim", "up"],
                         help="gateway: REST API v1; worker: runs tasks on ComfyUI nodes; "
+                             "sidecar: one node's health and load in Consul; "
                              "sim: a simulated ComfyUI node; up: the local stack on defaults")
     if not args or args[0] in ("-h", "--help"):
         parser.print_help()
@@ -26,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "worker":
         from actors.worker_main import main as worker_main
         return worker_main(rest)
+    if command == "sidecar":
+        from node_sidecar.main import main as sidecar_main
+        return sidecar_main(rest)
     if command == "up":
         from comfy_service.devstack import main as up_main
         return up_main(rest)

@@ -33,6 +33,10 @@ class Settings:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     worker_metrics_port: int = 0
     public_url: str = ""
+    discovery: str = "static"
+    consul_addr: str = "http://127.0.0.1:8500"
+    consul_token: str | None = field(default=None, repr=False)
+    consul_service: str = "comfyui"
     workflows_dir: pathlib.Path = pathlib.Path(__file__).resolve().parent.parent / "workflows"
 
     @classmethod
@@ -41,6 +45,10 @@ class Settings:
         log_format = get("LOG_FORMAT", "json").lower()
         if log_format not in ("json", "console"):
             raise ValueError("LOG_FORMAT must be json or console")
+        discovery = get("DISCOVERY", "static").lower()
+        if discovery not in ("static", "consul"):
+            raise ValueError("DISCOVERY must be static or consul")
+        consul_addr = get("CONSUL_HTTP_ADDR", "127.0.0.1:8500")
         return cls(
             redis_url=get("REDIS_URL", cls.redis_url),
             comfyui_urls=tuple(u.rstrip("/") for u in _csv(get("COMFYUI_URLS"))),
@@ -60,5 +68,9 @@ class Settings:
             worker_id=get("WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
             worker_metrics_port=int(get("WORKER_METRICS_PORT", "0")),
             public_url=get("PUBLIC_URL", "").rstrip("/"),
+            discovery=discovery,
+            consul_addr=consul_addr if "://" in consul_addr else f"http://{consul_addr}",
+            consul_token=get("CONSUL_HTTP_TOKEN") or None,
+            consul_service=get("CONSUL_SERVICE_NAME", cls.consul_service),
             workflows_dir=pathlib.Path(get("WORKFLOWS_DIR", str(cls.workflows_dir))).resolve(),
         )

@@ -1,0 +1,111 @@
+"""GPU readings for the node's sidecar: NVML on a GPU machine, a file in tests, none elsewhere."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    uuid: str
+    name: str
+    index: int
+    utilization_pct: float
+    memory_used_mb: float
+    memory_total_mb: float
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+class GpuReader(Protocol):
+    source: str
+
+    def read(self) -> GpuReading | None: ...
+
+    def close(self) -> None: ...
+
+
+class NoGpu:
+    """No NVML here (a CPU machine, or no driver): the sidecar reports queue load only."""
+
+    source = "none"
+
+    def read(self) -> GpuReading | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class FileGpu:
+    """Readings from a JSON file (GpuReading's fields), re-read each time: tests inject load."""
+
+    source = "file"
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+
+    def read(self) -> GpuReading | None:
+        try:
+            return GpuReading(**json.loads(self.path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def close(self) -> None:
+        pass
+
+
+class NvmlGpu:
+    """NVML through nvidia-ml-py for one GPU index."""
+
+    source = "nvml"
+
+    def __init__(self, index: int) -> None:
+        import pynvml
+
+        self._nvml = pynvml
+        pynvml.nvmlInit()
+        self.index = index
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.uuid = _text(pynvml.nvmlDeviceGetUUID(self._handle))
+        self.name = _text(pynvml.nvmlDeviceGetName(self._handle))
+
+    def read(self) -> GpuReading | None:
+        nvml = self._nvml
+        try:
+            util = nvml.nvmlDeviceGetUtilizationRates(self._handle)
+            memory = nvml.nvmlDeviceGetMemoryInfo(self._handle)
+        except nvml.NVMLError:
+            return None
+        temperature = power = None
+        try:
+            temperature = float(nvml.nvmlDeviceGetTemperature(self._handle,
+                                                              nvml.NVML_TEMPERATURE_GPU))
+            power = nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0
+        except nvml.NVMLError:
+            pass  # some boards report neither; the rest is still worth having
+        return GpuReading(uuid=self.uuid, name=self.name, index=self.index,
+                          utilization_pct=float(util.gpu),
+                          memory_used_mb=memory.used / 2**20,
+                          memory_total_mb=memory.total / 2**20,
+                          temperature_c=temperature, power_w=power)
+
+    def close(self) -> None:
+        self._nvml.nvmlShutdown()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def open_reader(gpu_index: int, readings_file: str | None) -> tuple[GpuReader, str | None]:
+    """The reader to use, and why NVML is not used when it is not."""
+    if readings_file:
+        return FileGpu(pathlib.Path(readings_file)), None
+    try:
+        return NvmlGpu(gpu_index), None
+    except Exception as exc:  # no library, no driver, no such GPU: all mean "no NVML here"
+        return NoGpu(), f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,154 @@
+"""`comfy-service sidecar`: one ComfyUI's health and load, registered in Consul.
+
+Three phases: register (service with an HTTP check on ComfyUI and a TTL check), tick (probe
+ComfyUI, read the GPU, keep the TTL passing while probes succeed, refresh Meta when load moved),
+deregister on SIGTERM. A ComfyUI that hangs while its port still accepts connections fails the
+probes, so the TTL lapses and the node turns critical.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import consul
+import httpx
+from prometheus_client import Gauge, start_http_server
+
+from comfy_service import __version__, logs
+from comfy_service.logs import event
+from node_sidecar import meta as node_meta
+from node_sidecar.gpu import GpuReader, open_reader
+from node_sidecar.settings import SidecarSettings
+
+log = logging.getLogger("node_sidecar")
+
+# Named after NVIDIA's DCGM exporter, so existing dashboards and alerts apply.
+GPU_UTIL = Gauge("DCGM_FI_DEV_GPU_UTIL", "GPU utilisation (%)", ["gpu", "UUID"])
+FB_USED = Gauge("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (MiB)", ["gpu", "UUID"])
+FB_FREE = Gauge("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (MiB)", ["gpu", "UUID"])
+GPU_TEMP = Gauge("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (C)", ["gpu", "UUID"])
+POWER = Gauge("DCGM_FI_DEV_POWER_USAGE", "Power draw (W)", ["gpu", "UUID"])
+QUEUE_RUNNING = Gauge("comfyui_queue_running", "Prompts ComfyUI is executing")
+QUEUE_PENDING = Gauge("comfyui_queue_pending", "Prompts waiting in ComfyUI's queue")
+COMFYUI_UP = Gauge("comfyui_up", "1 while the sidecar's probes of ComfyUI succeed")
+
+
+class Sidecar:
+    def __init__(self, settings: SidecarSettings, reader: GpuReader) -> None:
+        self.settings = settings
+        self.reader = reader
+        address = httpx.URL(settings.consul_addr)
+        self.consul = consul.Consul(host=address.host, port=address.port or 8500,
+                                    scheme=address.scheme, token=settings.consul_token)
+        self.http = httpx.Client(base_url=settings.comfyui_url,
+                                 timeout=max(0.5, settings.probe_interval_s))
+        self.service_id = node_meta.service_id(settings.host_name, settings.gpu_index,
+                                               settings.comfyui_port)
+        self.ttl_check = f"{self.service_id}:alive"
+        self._meta: dict[str, str] | None = None
+        self._meta_at = 0.0
+        self.comfyui_version = "unknown"
+
+    # --- phases --------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        load = self.probe() or node_meta.NodeLoad(0, 0, self.reader.read())
+        self.register(load)
+        event(log, "sidecar.registered", service_id=self.service_id,
+              comfyui=self.settings.comfyui_url, gpu_source=self.reader.source)
+        try:
+            while not stop.wait(self.settings.probe_interval_s):
+                self.tick()
+        finally:
+            self.consul.agent.service.deregister(self.service_id)
+            event(log, "sidecar.deregistered", service_id=self.service_id)
+
+    def tick(self) -> None:
+        load = self.probe()
+        try:
+            if load is None:
+                self.consul.agent.check.ttl_fail(self.ttl_check, notes="ComfyUI probe failed")
+                return
+            current = node_meta.meta(load, self.settings.slots, self.settings.weight,
+                                     self._versions())
+            due = time.monotonic() - self._meta_at >= self.settings.meta_min_interval_s
+            if due and node_meta.changed_enough(self._meta, current):
+                self.register(load)
+            self.consul.agent.check.ttl_pass(self.ttl_check, notes="ComfyUI answers")
+        except Exception:  # Consul away or restarted: keep probing, register again when back
+            self._meta, self._meta_at = None, 0.0
+            event(log, "sidecar.consul_unreachable", logging.WARNING, exc_info=True)
+
+    # --- probes and registration ---------------------------------------------------------------
+    def probe(self) -> node_meta.NodeLoad | None:
+        try:
+            queue = self.http.get("/queue").json()
+            stats = self.http.get("/system_stats").json()
+        except (httpx.HTTPError, ValueError) as exc:
+            COMFYUI_UP.set(0)
+            event(log, "sidecar.probe_failed", logging.WARNING, reason=type(exc).__name__)
+            return None
+        self.comfyui_version = str(stats.get("system", {}).get("comfyui_version", "unknown"))
+        gpu = self.reader.read()
+        load = node_meta.NodeLoad(len(queue.get("queue_running", [])),
+                                  len(queue.get("queue_pending", [])), gpu)
+        COMFYUI_UP.set(1)
+        QUEUE_RUNNING.set(load.queue_running)
+        QUEUE_PENDING.set(load.queue_pending)
+        if gpu is not None:
+            labels = {"gpu": str(gpu.index), "UUID": gpu.uuid}
+            GPU_UTIL.labels(**labels).set(gpu.utilization_pct)
+            FB_USED.labels(**labels).set(gpu.memory_used_mb)
+            FB_FREE.labels(**labels).set(gpu.memory_total_mb - gpu.memory_used_mb)
+            if gpu.temperature_c is not None:
+                GPU_TEMP.labels(**labels).set(gpu.temperature_c)
+            if gpu.power_w is not None:
+                POWER.labels(**labels).set(gpu.power_w)
+        return load
+
+    def _versions(self) -> dict[str, str]:
+        return {"comfyui": self.comfyui_version, "sidecar": __version__}
+
+    def register(self, load: node_meta.NodeLoad) -> None:
+        settings = self.settings
+        values = node_meta.meta(load, settings.slots, settings.weight, self._versions())
+        http_check: dict[str, Any] = consul.Check.http(
+            f"{settings.comfyui_url}/queue", interval=f"{max(1, int(settings.probe_interval_s))}s",
+            timeout="2s", deregister=settings.deregister_after)
+        ttl_check: dict[str, Any] = consul.Check.ttl(f"{settings.ttl_s:g}s")
+        ttl_check.update({"CheckID": self.ttl_check, "Name": "ComfyUI makes progress",
+                          "DeregisterCriticalServiceAfter": settings.deregister_after})
+        self.consul.agent.service.register(
+            settings.service_name, service_id=self.service_id, address=settings.comfyui_host,
+            port=settings.comfyui_port, tags=node_meta.tags(load, settings.capabilities),
+            meta=values, check=http_check | {"CheckID": f"{self.service_id}:http",
+                                             "Name": "ComfyUI answers HTTP"},
+            extra_checks=[ttl_check])
+        self.consul.agent.check.ttl_pass(self.ttl_check, notes="registered")
+        self._meta, self._meta_at = values, time.monotonic()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = SidecarSettings.from_env(os.environ)
+    logs.setup(os.environ.get("LOG_LEVEL", "INFO").upper(), os.environ.get("LOG_FORMAT", "json"))
+    reader, why_not_nvml = open_reader(settings.gpu_index, settings.gpu_readings_file)
+    if why_not_nvml:
+        event(log, "sidecar.no_nvml", logging.WARNING, reason=why_not_nvml,
+              effect="reporting ComfyUI queue load only")
+    if settings.listen_port:
+        start_http_server(settings.listen_port, addr=settings.listen_host)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        Sidecar(settings, reader).run(stop)
+    finally:
+        reader.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
