@@ -91,6 +91,8 @@ class Scheduler:
         for name in [n for n in self.ctx.links if n not in current]:
             link = self.ctx.links.pop(name)
             self._meta.pop(name, None)
+            self._info_published.discard(name)
+            await self.ctx.store.forget_node(name)
             # Its tasks are told at once that the node is lost: they go back in line with one
             # attempt spent and run elsewhere, and their slots here are released.
             await link.stop()

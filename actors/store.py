@@ -198,6 +198,12 @@ class TaskStore:
             await self.redis.hset(c.NODES_KEY, mapping={k: json.dumps(v)
                                                         for k, v in snapshots.items()})
 
+    async def forget_node(self, node: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(c.NODES_KEY, node)
+            pipe.hdel(c.OBJECT_INFO_KEY, node)
+            await pipe.execute()
+
     async def nodes(self) -> dict[str, dict[str, Any]]:
         raw = await self.redis.hgetall(c.NODES_KEY)
         return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}

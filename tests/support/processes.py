@@ -88,6 +88,7 @@ class ManagedProcess:
         if self.alive():
             self.proc.kill()
             self.proc.wait(10)
+        self._log.close()
 
 
 class SimNodeProcess(ManagedProcess):

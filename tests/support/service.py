@@ -34,7 +34,8 @@ class Stack:
         self.start_gateway()
         for _ in range(workers):
             self.start_worker()
-        self.wait_nodes_healthy(len(self.sims))
+        if workers:
+            self.wait_nodes_healthy(len(self.sims))
 
     def _spawn(self, role: str, name: str, extra_env: dict[str, str] | None = None
                ) -> ManagedProcess:
