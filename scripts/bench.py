@@ -3,6 +3,8 @@
   submit   accepted submits/s and latency of POST /api/v1/generate (gateway + Redis)
   fleet    efficiency and per-node idle gaps with N simulated nodes, against a naive client
   recover  time from a SIGKILLed worker to another worker adopting its running task
+  mesh     nodes of speeds 1x/2x/4x through Consul (makespan vs ideal and round-robin), and
+           failover time from a killed or hung node to its task running elsewhere
 
 Run: .venv/bin/python scripts/bench.py [submit|fleet|recover|all]. Prints Markdown rows for
 docs/benchmarks.md. Everything runs on loopback and stops by itself.
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import httpx
 
@@ -236,6 +239,69 @@ def bench_recover(root: pathlib.Path, runs: int = 3) -> list[str]:
             f"mean {statistics.mean(rows):.2f} s |"]
 
 
+# --- mesh -----------------------------------------------------------------------------------------
+def _consul(root: pathlib.Path) -> Any:
+    from tests.agents_fixtures import ConsulAgent, agent_binary
+    agent = ConsulAgent(agent_binary("consul"), root / "consul")
+    agent.start()
+    return agent
+
+
+def bench_heterogeneous(root: pathlib.Path, tasks: int = 120, steps: int = 10) -> list[str]:
+    from tests.support.mesh import Mesh
+    consul = _consul(root)
+    step_ms = [40, 20, 10]  # speeds 1x, 2x, 4x
+    mesh = Mesh(root / "hetero", consul.url, nodes=3, env={"LOG_LEVEL": "WARNING"})
+    try:
+        for sim, ms in zip(mesh.stack.sims, step_ms, strict=True):
+            httpx.post(f"{sim.url}/sim/faults", json={"step_ms": ms}).raise_for_status()
+        started = time.perf_counter()
+        ids = [mesh.stack.submit(txt2img_body(steps=steps, seed=i)) for i in range(tasks)]
+        done = [mesh.stack.wait_task(t, timeout=600) for t in ids]
+        wall = time.perf_counter() - started
+        per_node = [sum(1 for t in done if mesh.node_of(t) == i) for i in range(3)]
+    finally:
+        mesh.stop()
+        consul.stop()
+    rates = [1000 / (steps * ms) for ms in step_ms]  # tasks per second per node
+    ideal = tasks / sum(rates)
+    round_robin = max(tasks / 3 / r for r in rates)
+    return [f"| {tasks} tasks on nodes of speed 1x/2x/4x (steps x 40/20/10 ms) | "
+            f"{wall:.2f} s | {ideal:.2f} s ({wall / ideal:.3f}x) | {round_robin:.2f} s "
+            f"({round_robin / wall:.2f}x slower than us) | {per_node} |"]
+
+
+def bench_failover(root: pathlib.Path) -> list[str]:
+    from tests.support.mesh import Mesh
+    consul = _consul(root)
+    rows = []
+    try:
+        for how in ("killed", "hung"):
+            mesh = Mesh(root / f"failover-{how}", consul.url, nodes=2, step_ms=50,
+                        gpu_utils=[5.0, 50.0], env={"LOG_LEVEL": "WARNING"})
+            try:
+                task_id = mesh.stack.submit(txt2img_body(steps=150, seed=1))
+                first = mesh.stack.wait_task(task_id, ("running",))
+                victim = mesh.stack.sims[mesh.node_of(first)]
+                struck = time.perf_counter()
+                if how == "killed":
+                    victim.kill()
+                else:
+                    httpx.post(f"{victim.url}/sim/faults", json={"hang": True}).raise_for_status()
+                wait_until(lambda: (t := mesh.stack.task(task_id))["attempts"] == 2  # noqa: B023
+                           and t["status"] == "running", 60, "the task to run elsewhere",
+                           interval=0.02)
+                rows.append(f"| node {how} (sidecar TTL 2 s, probes every 0.5 s) | "
+                            f"{time.perf_counter() - struck:.2f} s |")
+                if how == "hung":
+                    httpx.post(f"{victim.url}/sim/faults", json={"hang": False}, timeout=5)
+            finally:
+                mesh.stop()
+    finally:
+        consul.stop()
+    return rows
+
+
 def _adoption_time(log: pathlib.Path, task_id: str) -> float | None:
     import datetime as dt
     for line in log.read_text().splitlines() if log.exists() else []:
@@ -260,6 +326,13 @@ def main(argv: list[str]) -> int:
             for nodes in (1, 4, 16):
                 print(bench_fleet(root, nodes, 200)[0], flush=True)
             print(bench_naive(root, 4, 40), flush=True)
+        if which in ("mesh", "all"):
+            print("\n| heterogeneous nodes | wall | ideal | round-robin | tasks per node |\n"
+                  "| --- | --- | --- | --- | --- |")
+            print("\n".join(bench_heterogeneous(root)), flush=True)
+            print("\n| failover | from the fault to the task running on another node |\n"
+                  "| --- | --- |")
+            print("\n".join(bench_failover(root)), flush=True)
         if which in ("recover", "all"):
             print("\n| recovery | measured | summary |\n| --- | --- | --- |")
             print("\n".join(bench_recover(root)), flush=True)
