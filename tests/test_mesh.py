@@ -105,3 +105,21 @@ def test_dispatch_goes_on_while_consul_restarts(
         mesh.wait_passing(2)  # and the sidecars are registered again
     finally:
         mesh.stop()
+
+
+def test_a_killed_node_loses_nothing_and_duplicates_nothing(mesh_factory: Any) -> None:
+    mesh = mesh_factory(nodes=2, step_ms=30)
+    # Given six tasks spread over both nodes, some running, some waiting
+    ids = [mesh.stack.submit(txt2img_body(steps=40, seed=i)) for i in range(6)]
+    wait_until(lambda: sum(mesh.stack.task(t)["status"] == "running" for t in ids) == 2, 30,
+               "both nodes to be running a task")
+    # When one node dies
+    mesh.stack.sims[0].kill()
+    # Then every task still succeeds exactly once, with one output each, on the survivor
+    tasks = [mesh.stack.wait_task(t, timeout=90) for t in ids]
+    assert all(t["status"] == "succeeded" for t in tasks), [t["status"] for t in tasks]
+    assert all(len(t["outputs"]) == 1 for t in tasks)
+    moved = [t for t in tasks if t["attempts"] == 2]
+    assert moved and all(mesh.node_of(t) == 1 for t in moved)
+    history = httpx.get(f"{mesh.stack.sims[1].url}/history", timeout=5).json()
+    assert sorted(history) == sorted(t["task_id"] for t in tasks if mesh.node_of(t) == 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.dispatch import NodeView, choose_node
+from actors.dispatch import NodeView, choose_node, load_from_meta, need_of, score
 
 
 def node(name: str, used: int, healthy: bool = True, slots: int = 2,
@@ -25,3 +25,41 @@ def node(name: str, used: int, healthy: bool = True, slots: int = 2,
 def test_choose_node(nodes: list[NodeView], expected: str | None) -> None:
     chosen = choose_node(nodes)
     assert (chosen.name if chosen else None) == expected
+
+
+def test_a_node_without_a_needed_class_or_checkpoint_is_never_chosen() -> None:
+    need = need_of({"1": {"class_type": "CheckpointLoaderSimple",
+                          "inputs": {"ckpt_name": "sdxl.safetensors"}},
+                    "2": {"class_type": "StoryDiffusion_KSampler", "inputs": {}}})
+    plain = NodeView("plain", True, 2, 0, classes=frozenset({"CheckpointLoaderSimple"}),
+                     checkpoints=frozenset({"sdxl.safetensors"}))
+    story = NodeView("story", True, 2, 1, classes=frozenset({"CheckpointLoaderSimple",
+                                                             "StoryDiffusion_KSampler"}),
+                     checkpoints=frozenset({"sdxl.safetensors"}))
+    other_ckpt = NodeView("other", True, 2, 0, classes=story.classes,
+                          checkpoints=frozenset({"sd15.safetensors"}))
+    assert choose_node([plain, story, other_ckpt], need) == story
+    assert choose_node([plain, other_ckpt], need) is None
+
+
+def test_gpu_load_and_a_shared_gpu_count_against_a_node() -> None:
+    idle_gpu = NodeView("a", True, 2, 0, gpu_util=10.0, gpu_uuid="GPU-1")
+    busy_gpu = NodeView("b", True, 2, 0, gpu_util=90.0, gpu_uuid="GPU-2")
+    assert choose_node([busy_gpu, idle_gpu]) == idle_gpu
+    # Two processes on one GPU: work on one makes the other less attractive than a free GPU.
+    sharing_busy = NodeView("c1", True, 2, 2, gpu_uuid="GPU-3")
+    sharing_free = NodeView("c2", True, 2, 0, gpu_uuid="GPU-3")
+    alone = NodeView("d", True, 2, 0, gpu_uuid="GPU-4")
+    assert choose_node([sharing_busy, sharing_free, alone]) == alone
+    assert score(sharing_free, [sharing_busy, sharing_free]) > score(alone, [alone])
+
+
+@pytest.mark.parametrize("meta,expected", [
+    ({}, {}),
+    ({"weight": "2", "gpu_util": "35", "vram_used_mb": "1000", "vram_total_mb": "4000",
+      "gpu_uuid": "GPU-x"},
+     {"weight": 2.0, "gpu_util": 35.0, "vram_fraction": 0.25, "gpu_uuid": "GPU-x"}),
+    ({"gpu_util": "not a number"}, {}),
+])
+def test_load_from_meta(meta: dict[str, str], expected: dict[str, object]) -> None:
+    assert load_from_meta(meta) == expected
