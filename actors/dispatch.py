@@ -7,7 +7,9 @@ Score (lower is better), from our own slot accounting (authoritative) and the si
   + 0.3 * gpu_util / 100                     what NVML sees, including work we did not send
   + 0.2 * vram_used / vram_total             memory pressure
 
-Nodes that lack a node class or checkpoint a task needs are never chosen for it.
+Nodes that lack a node class or checkpoint a task needs are never chosen for it. Near the end
+of a backlog a slow node does not start a task that the faster nodes would finish sooner
+(`worth_starting`), which keeps the makespan of mixed fleets close to the ideal.
 """
 
 from __future__ import annotations
@@ -76,10 +78,30 @@ def score(node: NodeView, nodes: Iterable[NodeView]) -> float:
     return value
 
 
-def choose_node(nodes: Iterable[NodeView], need: Need = Need()) -> NodeView | None:
-    """Lowest score among healthy nodes with a free slot that can run it; ties: most free."""
+def worth_starting(node: NodeView, capable: list[NodeView], waiting: int) -> bool:
+    """Should `node` start the task at the head of the line now? Yes when the others cannot
+    take all `waiting` tasks within the time `node` needs for one (it is needed), or when
+    no other node would finish this task sooner. So every node works under a backlog, and
+    at its end a slow node leaves the last tasks to faster ones. Times are in units of one
+    task on a speed-1 node (weight = relative speed)."""
+    others = [n for n in capable if n.name != node.name]
+    if not others:
+        return True
+    own_finish = (node.used + 1) / node.weight
+    others_can_take = sum(max(0.0, n.weight * own_finish - n.used) for n in others)
+    if waiting > others_can_take:
+        return True
+    return own_finish <= min((n.used + 1) / n.weight for n in others)
+
+
+def choose_node(nodes: Iterable[NodeView], need: Need = Need(),
+                waiting: int | None = None) -> NodeView | None:
+    """Lowest score among healthy nodes with a free slot that can run it; ties: most free.
+    With `waiting` (tasks in line, this one included) a node must also be worth starting."""
     everyone = list(nodes)
-    candidates = [n for n in everyone if n.healthy and n.free > 0 and can_run(n, need)]
+    capable = [n for n in everyone if n.healthy and can_run(n, need)]
+    candidates = [n for n in capable if n.free > 0
+                  and (waiting is None or worth_starting(n, capable, waiting))]
     if not candidates:
         return None
     return min(candidates, key=lambda n: (score(n, everyone), -n.free, n.name))

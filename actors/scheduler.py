@@ -141,9 +141,10 @@ class Scheduler:
             views = self._views(used)
             if not any(v.healthy and v.free > 0 for v in views):
                 return
+            waiting = await store.ready_count()
             for task_id in await store.peek_ready(LOOKAHEAD):
                 need = await self._need(task_id)
-                chosen = choose_node(views, need) if need is not None else None
+                chosen = choose_node(views, need, waiting) if need is not None else None
                 if chosen is not None and await store.bind(
                         task_id, chosen.name, slots, self.settings.worker_id,
                         self.settings.lease_ttl_s):

@@ -19,7 +19,10 @@ from actors.tasks import TaskRecord
 from comfy_service import constants as c
 
 PRIORITY_LIMIT = 1000  # priorities are clamped to +-this so scores stay exact in a double
-_SEQ_SPAN = 2 ** 40
+# Scores are -priority * 2**42 + acceptance time in ms since 2025: priorities never mix, and
+# 2**42 ms is 139 years; |score| stays below 2**53, so doubles hold it exactly.
+_SEQ_SPAN = 2 ** 42
+_EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 
 # Move a ready task onto a node if it is still waiting and the node has a free slot; lease it
 # to the worker and remember which node holds it (so a slot never leaks, even if the worker
@@ -52,6 +55,12 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZSCORE', KEYS[2], ARGV[
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
+
+
+def acceptance_sequence() -> int:
+    """First come, first served within a priority, by acceptance time (no Redis round trip;
+    gateways on several hosts agree to within their clock skew)."""
+    return now_ms() - _EPOCH_MS
 
 
 def admit_keys() -> list[str]:
@@ -123,9 +132,6 @@ class TaskStore:
                     continue
 
     # --- the ready queue and slots -------------------------------------------------------------
-    async def next_sequence(self) -> int:
-        return int(await self.redis.incr(c.SEQUENCE_KEY))
-
     async def enqueue_ready(self, record: TaskRecord) -> None:
         """Back in line at its original place (a task whose node failed does not go last)."""
         await self.redis.zadd(c.READY_KEY, {record.task_id: ready_score(record.priority,

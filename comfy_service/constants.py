@@ -6,7 +6,6 @@ KEY_PREFIX = "cs:"
 TASK_KEY = KEY_PREFIX + "task:{task_id}"            # JSON task record
 IDEMPOTENCY_KEY = KEY_PREFIX + "idem:{key_hash}"     # task id + request hash
 READY_KEY = KEY_PREFIX + "ready"                     # ZSET of task ids waiting for a slot
-SEQUENCE_KEY = KEY_PREFIX + "seq"                    # FIFO order within one priority
 SLOTS_KEY = KEY_PREFIX + "slots:{node}"              # HASH task id -> owning worker
 LEASES_KEY = KEY_PREFIX + "leases"                   # ZSET task id -> lease expiry (ms)
 BOUND_KEY = KEY_PREFIX + "bound"                     # HASH task id -> node holding its slot

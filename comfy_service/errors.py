@@ -5,16 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 
-class ServiceError(Exception):
-    """Base of all our errors. `code` is part of the API contract: never rename one."""
+class CodedError(Exception):
+    """A message, details, and a stable `code` that is part of the API: never rename one."""
 
-    status = 500
     code = "internal_error"
 
     def __init__(self, message: str, details: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+
+
+class ServiceError(CodedError):
+    """An error a client gets as an HTTP answer."""
+
+    status = 500
 
     def as_body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
@@ -74,15 +79,8 @@ class Unavailable(ServiceError):
 
 # --- failures of a task (stored in the task record's `error`, never raised to a client) -------
 
-class TaskFailure(Exception):
-    """Why a task ended without outputs; `code` is stable like the API's."""
-
-    code = "internal_error"
-
-    def __init__(self, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
+class TaskFailure(CodedError):
+    """Why a task ended without outputs (stored in the record's `error`)."""
 
     def as_error(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "details": self.details}

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from actors import tasks
 from actors.broker import admit_message, build_broker
 from actors.execution import output_path
-from actors.store import TaskStore
+from actors.store import TaskStore, acceptance_sequence
 from comfy_service import constants as c
 from comfy_service import metrics
 from comfy_service.errors import (
@@ -121,8 +121,7 @@ class Gateway:
                 [name for name, snap in nodes.items() if snap.get("healthy")])
         parsed = parse_generate(body, self.templates, object_info,
                                 lambda limit: secrets.randbelow(limit + 1), task_id)
-        record = new_record(parsed, task_id, request_id_var.get(),
-                            await self.store.next_sequence())
+        record = new_record(parsed, task_id, request_id_var.get(), acceptance_sequence())
         answer = {"task_id": task_id, "status": tasks.QUEUED, "created_at": record.created_at}
         if idempotency_key:
             stored = json.dumps({"body_hash": body_hash, "answer": answer})

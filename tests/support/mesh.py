@@ -16,7 +16,7 @@ from tests.support.service import Stack
 
 class Sidecar:
     def __init__(self, root: pathlib.Path, sim: SimNodeProcess, consul_url: str, service: str,
-                 name: str, gpu_util: float, gpu_uuid: str) -> None:
+                 name: str, gpu_util: float, gpu_uuid: str, weight: float = 1.0) -> None:
         self.readings = root / f"{name}-gpu.json"
         self.sim = sim
         self.name = name
@@ -26,7 +26,7 @@ class Sidecar:
             env={"COMFYUI_URL": sim.url, "CONSUL_HTTP_ADDR": consul_url,
                  "CONSUL_SERVICE_NAME": service, "GPU_READINGS_FILE": str(self.readings),
                  "NODE_HOSTNAME": name, "SIDECAR_PROBE_INTERVAL_S": "0.5",
-                 "SIDECAR_TTL_S": "2", "LOG_FORMAT": "json"})
+                 "SIDECAR_TTL_S": "2", "LOG_FORMAT": "json", "NODE_WEIGHT": str(weight)})
 
     def set_gpu(self, util: float, gpu_uuid: str) -> None:
         self.readings.write_text(json.dumps({
@@ -37,15 +37,17 @@ class Sidecar:
 
 class Mesh:
     def __init__(self, root: pathlib.Path, consul_url: str, nodes: int, step_ms: float = 20,
-                 env: dict[str, str] | None = None, gpu_utils: list[float] | None = None) -> None:
+                 env: dict[str, str] | None = None, gpu_utils: list[float] | None = None,
+                 weights: list[float] | None = None) -> None:
         self.consul_url = consul_url
         self.service = f"comfyui-{uuid.uuid4().hex[:8]}"
         self.stack = Stack(root, nodes=nodes, step_ms=step_ms, workers=0, env={
             "DISCOVERY": "consul", "CONSUL_HTTP_ADDR": consul_url,
             "CONSUL_SERVICE_NAME": self.service, **(env or {})})
         utils = gpu_utils or [10.0] * nodes
+        speeds = weights or [1.0] * nodes
         self.sidecars = [Sidecar(root, sim, consul_url, self.service, f"node{i}", utils[i],
-                                 f"GPU-{i}") for i, sim in enumerate(self.stack.sims)]
+                                 f"GPU-{i}", speeds[i]) for i, sim in enumerate(self.stack.sims)]
         self.wait_passing(nodes)
         self.stack.start_worker()
         self.stack.wait_nodes_healthy(nodes)

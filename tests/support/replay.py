@@ -31,6 +31,12 @@ RACY_QUEUE_READS = {("run_ok_no_model", "during (immediately after POST /prompt)
 # progress steps that is depends on timing, so repeated progress cycles are compared once.
 TIMING_DEPENDENT_SOCKETS = {("multi_client", "clientA_reconnected")}
 DEADLINE_S = 30.0
+# The capture client's think time before a request, kept up to this many seconds (see _pace).
+PACE_CAP_S = 0.35
+# Scalars compared by value, not only by type: outcome words that do not vary between runs of
+# the real server (error kinds and messages, history status, image folder types).
+STRICT_KEYS = {"type", "message", "details", "status_str", "completed", "exception_type",
+               "exception_message", "node_type", "class_type"}
 
 
 def _png_bytes() -> bytes:
@@ -70,6 +76,9 @@ class Replayer:
         self.exchanges: list[Exchange] = []
         self.errors: list[str] = []
         self._changed = asyncio.Event()
+        self._event_times = [(m["seq"], m["t_ms"]) for s in scenario["ws"].values()
+                             for m in s["messages"]] + [(e["seq"], e["t_done_ms"])
+                                                        for e in scenario["http"]]
 
     # --- the scenario as a list of actions ----------------------------------------------------
     def actions(self) -> list[tuple[float, str, Any]]:
@@ -159,6 +168,15 @@ class Replayer:
             except TimeoutError:
                 pass
 
+    async def _pace(self, exchange: dict[str, Any]) -> None:
+        """Wait as long after the last earlier event as the capture client did (capped). Some
+        server state has no message to wait for: the real server writes a prompt's history
+        after execution_success and before its status broadcast, and the capture asked ~300 ms
+        after execution_success (txt2img_real_previews, seq 43)."""
+        before = [t for seq, t in self._event_times if seq < exchange["seq"]]
+        if before:
+            await asyncio.sleep(min(max(0.0, exchange["t_ms"] - max(before)) / 1000, PACE_CAP_S))
+
     # --- HTTP ----------------------------------------------------------------------------------
     def _map_ids(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -221,6 +239,7 @@ class Replayer:
                 for seq, kind, payload in self.actions():
                     await self._wait(seq)
                     if kind == "http":
+                        await self._pace(payload)
                         await self._http(client, payload)
                     elif kind == "connect":
                         await self._connect(payload)
@@ -246,15 +265,17 @@ class Replayer:
             diffs += [f"WS {state.label}: {d}" for d in self._compare_socket(state)]
         return diffs
 
-    def _normalise(self, value: Any, ids: dict[str, str]) -> Any:
+    def _normalise(self, value: Any, ids: dict[str, str], key: str | None = None) -> Any:
         """Shape of a value: dict keys kept (prompt ids tokenised), leaves replaced by types."""
         if isinstance(value, dict):
-            return {ids.get(k, k): self._normalise(v, ids) for k, v in value.items()}
+            return {ids.get(k, k): self._normalise(v, ids, k) for k, v in value.items()}
         if isinstance(value, list):
             items = [self._normalise(v, ids) for v in value]
             if items and all(isinstance(i, str) for i in items):
                 return ["scalars:" + ",".join(sorted(set(items)))]
             return items
+        if key in STRICT_KEYS and isinstance(value, (str, bool)):
+            return f"{type(value).__name__}={value!r}"
         return type(value).__name__
 
     def _shapes(self, recorded: Any, actual: Any) -> tuple[Any, Any]:

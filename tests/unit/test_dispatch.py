@@ -63,3 +63,20 @@ def test_gpu_load_and_a_shared_gpu_count_against_a_node() -> None:
 ])
 def test_load_from_meta(meta: dict[str, str], expected: dict[str, object]) -> None:
     assert load_from_meta(meta) == expected
+
+
+@pytest.mark.parametrize("waiting,expected", [
+    (50, "slow"),   # a real backlog: every free node takes work
+    (1, None),      # the last task: the 4x node (busy) finishes it sooner than the slow one
+])
+def test_a_slow_node_does_not_start_the_last_tasks(waiting: int, expected: str | None) -> None:
+    slow = NodeView("slow", True, 2, 0, weight=1.0)
+    fast = NodeView("fast", True, 2, 2, weight=4.0)
+    chosen = choose_node([slow, fast], waiting=waiting)
+    assert (chosen.name if chosen else None) == expected
+
+
+def test_equal_nodes_always_take_work() -> None:
+    nodes = [NodeView(f"n{i}", True, 2, 2 if i else 0) for i in range(4)]
+    chosen = choose_node(nodes, waiting=1)
+    assert chosen is not None and chosen.name == "n0"
