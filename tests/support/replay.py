@@ -31,8 +31,6 @@ RACY_QUEUE_READS = {("run_ok_no_model", "during (immediately after POST /prompt)
 # progress steps that is depends on timing, so repeated progress cycles are compared once.
 TIMING_DEPENDENT_SOCKETS = {("multi_client", "clientA_reconnected")}
 DEADLINE_S = 30.0
-# The capture client's think time before a request, kept up to this many seconds (see _pace).
-PACE_CAP_S = 0.35
 # Scalars compared by value, not only by type: outcome words that do not vary between runs of
 # the real server (error kinds and messages, history status, image folder types).
 STRICT_KEYS = {"type", "message", "details", "status_str", "completed", "exception_type",
@@ -76,9 +74,6 @@ class Replayer:
         self.exchanges: list[Exchange] = []
         self.errors: list[str] = []
         self._changed = asyncio.Event()
-        self._event_times = [(m["seq"], m["t_ms"]) for s in scenario["ws"].values()
-                             for m in s["messages"]] + [(e["seq"], e["t_done_ms"])
-                                                        for e in scenario["http"]]
 
     # --- the scenario as a list of actions ----------------------------------------------------
     def actions(self) -> list[tuple[float, str, Any]]:
@@ -168,14 +163,21 @@ class Replayer:
             except TimeoutError:
                 pass
 
-    async def _pace(self, exchange: dict[str, Any]) -> None:
-        """Wait as long after the last earlier event as the capture client did (capped). Some
-        server state has no message to wait for: the real server writes a prompt's history
-        after execution_success and before its status broadcast, and the capture asked ~300 ms
-        after execution_success (txt2img_real_previews, seq 43)."""
-        before = [t for seq, t in self._event_times if seq < exchange["seq"]]
-        if before:
-            await asyncio.sleep(min(max(0.0, exchange["t_ms"] - max(before)) / 1000, PACE_CAP_S))
+    async def _history_written(self, client: httpx.AsyncClient,
+                               exchange: dict[str, Any]) -> None:
+        """Some server state has no message to wait for: the real server writes a prompt's
+        history a few ms after execution_success, before its status broadcast (the capture
+        asked 300 ms later). Where the recording shows a history entry, poll for it first."""
+        path = exchange["path"]
+        if exchange["method"] != "GET" or not path.startswith("/history/") \
+                or not exchange.get("response_body"):
+            return
+        url = self._path(path)
+        deadline = time.monotonic() + DEADLINE_S
+        while not (await client.get(url)).json():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {url} stayed empty")
+            await asyncio.sleep(0.01)
 
     # --- HTTP ----------------------------------------------------------------------------------
     def _map_ids(self, value: Any) -> Any:
@@ -239,7 +241,7 @@ class Replayer:
                 for seq, kind, payload in self.actions():
                     await self._wait(seq)
                     if kind == "http":
-                        await self._pace(payload)
+                        await self._history_written(client, payload)
                         await self._http(client, payload)
                     elif kind == "connect":
                         await self._connect(payload)
