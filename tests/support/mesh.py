@@ -46,11 +46,17 @@ class Mesh:
             "CONSUL_SERVICE_NAME": self.service, **(env or {})})
         utils = gpu_utils or [10.0] * nodes
         speeds = weights or [1.0] * nodes
-        self.sidecars = [Sidecar(root, sim, consul_url, self.service, f"node{i}", utils[i],
-                                 f"GPU-{i}", speeds[i]) for i, sim in enumerate(self.stack.sims)]
-        self.wait_passing(nodes)
-        self.stack.start_worker()
-        self.stack.wait_nodes_healthy(nodes)
+        self.sidecars: list[Sidecar] = []
+        try:
+            for i, sim in enumerate(self.stack.sims):
+                self.sidecars.append(Sidecar(root, sim, consul_url, self.service, f"node{i}",
+                                             utils[i], f"GPU-{i}", speeds[i]))
+            self.wait_passing(nodes)
+            self.stack.start_worker()
+            self.stack.wait_nodes_healthy(nodes)
+        except BaseException:
+            self.stop()  # a failed start must not leave processes behind
+            raise
 
     def passing(self) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = httpx.get(

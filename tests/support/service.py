@@ -19,8 +19,21 @@ class Stack:
     def __init__(self, root: pathlib.Path, nodes: int = 1, step_ms: float = 20,
                  env: dict[str, str] | None = None, workers: int = 1) -> None:
         self.root = root
+        self.gateway: ManagedProcess | None = None
+        self.workers: list[ManagedProcess] = []
+        self.sims: list[SimNodeProcess] = []
         self.redis = RedisProcess(root / "redis")
-        self.sims = [SimNodeProcess(root / f"sim{i}", step_ms=step_ms) for i in range(nodes)]
+        try:
+            self._start(nodes, step_ms, env, workers)
+        except BaseException:
+            self.stop()  # a failed start must not leave processes behind
+            raise
+
+    def _start(self, nodes: int, step_ms: float, env: dict[str, str] | None,
+               workers: int) -> None:
+        root = self.root
+        for i in range(nodes):
+            self.sims.append(SimNodeProcess(root / f"sim{i}", step_ms=step_ms))
         self.api_port = free_port()
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.env = {
@@ -28,8 +41,6 @@ class Stack:
             "COMFYUI_URLS": ",".join(s.url for s in self.sims),
             "OUTPUT_DIR": str(root / "outputs"), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
             "LEASE_TTL_S": "2", **(env or {})}
-        self.gateway: ManagedProcess | None = None
-        self.workers: list[ManagedProcess] = []
         self.http = httpx.Client(base_url=self.url, timeout=10)
         self.start_gateway()
         for _ in range(workers):
@@ -96,7 +107,8 @@ class Stack:
         return "\n".join(parts)
 
     def stop(self) -> None:
-        self.http.close()
+        if hasattr(self, "http"):
+            self.http.close()
         for proc in [*self.workers, self.gateway, *self.sims, self.redis]:
             if proc is not None:
                 proc.stop()
