@@ -106,7 +106,8 @@ def _wait(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{what} did not become ready within {timeout:g}s")
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
+    """The URL answers 200 within a second."""
     try:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
@@ -160,7 +161,7 @@ class Stack:
         self._spawn("worker", [*command, "worker"], env)
         self._spawn("gateway", [*command, "gateway"], env)
         api = f"http://{env.get('API_HOST', '127.0.0.1')}:{api_port}"
-        _wait(lambda: _http_ok(f"{api}/healthz"), "the gateway")
+        _wait(lambda: http_ok(f"{api}/healthz"), "the gateway")
         self.lines.append(f"worker     1 process, {env.get('NODE_SLOTS', '2')} slots per node")
         self.lines.append(f"gateway    {api}  (REST API v1: POST {api}/api/v1/generate)")
         self.api_url = api
@@ -175,7 +176,7 @@ class Stack:
                                "-serf-lan-port", str(serf_lan), "-serf-wan-port", str(serf_wan),
                                "-server-port", str(server)])
         url = f"http://127.0.0.1:{http}"
-        _wait(lambda: _http_ok(f"{url}/v1/status/leader") and bool(
+        _wait(lambda: http_ok(f"{url}/v1/status/leader") and bool(
             httpx.get(f"{url}/v1/status/leader", timeout=1).json()), "the Consul agent")
         self.lines.append(f"consul     {url}/ui (dev agent; nodes and their GPU Meta under "
                           f"Services > comfyui)")
@@ -222,7 +223,7 @@ class Stack:
                 "--base-dir", str(base), "--step-ms", str(settings.sim_step_ms)])
             url = f"http://127.0.0.1:{port}"
             queue_url = f"{url}/queue"
-            _wait(lambda: _http_ok(queue_url), f"simulated ComfyUI at {url}")  # noqa: B023
+            _wait(lambda: http_ok(queue_url), f"simulated ComfyUI at {url}")  # noqa: B023
             self.lines.append(f"comfyui    {url} (simulated, {settings.sim_step_ms:g} ms/step, "
                               f"files in {base})")
             urls.append(url)

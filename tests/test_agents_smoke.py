@@ -337,22 +337,16 @@ def test_nomad_job_validate_without_agent(nomad_bin: str, tmp_path: Path) -> Non
     bad.write_text(JOB_HCL.replace("count = 1", "count = -1"))
     (closed,) = free_ports(1)  # nothing listens there: the CLI validates locally
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    ok = subprocess.run(
-        [binary, "job", "validate", f"-address=http://127.0.0.1:{closed}", str(good)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+
+    def validate(job: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary, "job", "validate", f"-address=http://127.0.0.1:{closed}", str(job)],
+            capture_output=True, text=True, timeout=60, env=env)
+
+    ok = validate(good)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "Job validation successful" in ok.stdout
-    nok = subprocess.run(
-        [binary, "job", "validate", f"-address=http://127.0.0.1:{closed}", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    nok = validate(bad)
     assert nok.returncode != 0
     assert "count" in (nok.stdout + nok.stderr).lower()
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from comfy_service.devstack import http_ok
 from tests.conftest import SHARED
 from tests.support.processes import ManagedProcess, RedisProcess, free_port, wait_until
 from tests.support.service import Stack, txt2img_body
@@ -184,7 +185,7 @@ def test_api_keys_are_required_when_configured(tmp_path: pathlib.Path) -> None:
                                                        "API_KEYS": "alpha,beta"})
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(f"{url}/healthz"), 20, "the gateway")
+        wait_until(lambda: http_ok(f"{url}/healthz"), 20, "the gateway")
         assert error_of(httpx.get(f"{url}/api/v1/workflows"))["code"] == "unauthorized"
         assert httpx.get(f"{url}/api/v1/workflows",
                          headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -204,20 +205,13 @@ def test_redis_down_is_503(tmp_path: pathlib.Path) -> None:
                                  "API_PORT": str(port)})
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(f"{url}/healthz"), 20, "the gateway")
+        wait_until(lambda: http_ok(f"{url}/healthz"), 20, "the gateway")
         answer = httpx.post(f"{url}/api/v1/generate", json=txt2img_body())
         assert answer.status_code == 503 and error_of(answer)["code"] == "unavailable"
         assert httpx.get(f"{url}/readyz").status_code == 503
         assert httpx.get(f"{url}/healthz").status_code == 200
     finally:
         gateway.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_logs_are_json_lines_without_prompts(stack: Stack) -> None:
