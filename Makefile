@@ -10,16 +10,34 @@ export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: up test venv redis-server agents lint bench clean
 
-$(STAMP): pyproject.toml
+# Pinned dependencies: service.lock is what the images install, dev.lock adds the test and local
+# extras (pinned to the same versions). Installing both here means tests run on what the image ships.
+LOCKS   := requirements/service.lock requirements/dev.lock
+
+$(STAMP): pyproject.toml $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,local]'
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/service.lock -r requirements/dev.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-## Run the service on embedded defaults (no root, no apt needed).
-up: $(STAMP)
+## Regenerate requirements/*.lock from pyproject.toml (keeps current pins; LOCK_ARGS=--upgrade moves them).
+.PHONY: lock
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock'
+lock: $(STAMP)
+	$(BIN)/uv pip compile -q $(LOCK_FLAGS) $(LOCK_ARGS) pyproject.toml -o requirements/service.lock
+	$(BIN)/uv pip compile -q $(LOCK_FLAGS) $(LOCK_ARGS) pyproject.toml --extra test --extra local \
+		-c requirements/service.lock -o requirements/dev.lock
+
+## Run the service on embedded defaults (no root, no apt needed). MESH=consul or MESH=nomad also
+## needs the Consul / Nomad agents (built once by `make agents`).
+UP_DEPS := $(STAMP)
+ifneq ($(filter consul nomad,$(MESH)),)
+UP_DEPS += agents
+endif
+up: $(UP_DEPS)
 	$(BIN)/comfy-service up
 
 ## Install redis-server when missing (apt-get as root; otherwise say what to install).

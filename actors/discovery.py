@@ -1,7 +1,10 @@
-"""Where the ComfyUI nodes are: a static list (COMFYUI_URLS) or Consul's passing `comfyui` nodes.
+"""Where the ComfyUI nodes are: a static list (COMFYUI_URLS) or Consul's `comfyui` nodes.
 
-The Consul view is kept fresh with blocking queries on the health endpoint (passing only); if
-Consul is briefly unreachable the last good view stays in use, so dispatch does not stop.
+The Consul view is kept fresh with blocking queries on the health endpoint; if Consul is briefly
+unreachable the last good view stays in use, so dispatch does not stop. A node whose checks all
+pass takes work. A node whose only failing check is Consul maintenance is draining (its sidecar
+is letting the running prompts finish before Nomad stops it): it keeps its tasks but takes no
+new ones. Any other failing check means the node is gone, and its tasks fail over.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
+import consul
 
+from comfy_service import constants as c
+from comfy_service.consul_client import async_client
 from comfy_service.logs import event
 
 log = logging.getLogger("actors.discovery")
@@ -26,6 +32,7 @@ class DiscoveredNode:
     name: str
     url: str
     meta: Mapping[str, str] = field(default_factory=dict)
+    draining: bool = False
 
 
 Listener = Callable[[list[DiscoveredNode]], Awaitable[None]]
@@ -35,41 +42,57 @@ def static_nodes(urls: tuple[str, ...]) -> list[DiscoveredNode]:
     return [DiscoveredNode(url.split("://", 1)[-1], url) for url in urls]
 
 
+def _is_maintenance(check: Mapping[str, object]) -> bool:
+    check_id = str(check.get("CheckID", ""))
+    return check_id == c.NODE_MAINTENANCE_CHECK or check_id.startswith(c.SERVICE_MAINTENANCE_CHECK)
+
+
+def health_state(checks: list[Mapping[str, object]]) -> str:
+    """"passing", "draining" (only maintenance fails) or "failing", from a node's checks (pure)."""
+    failing = [check for check in checks if check.get("Status") != "passing"]
+    if not failing:
+        return "passing"
+    return "draining" if all(_is_maintenance(check) for check in failing) else "failing"
+
+
 def parse_health(entries: list[dict[str, object]]) -> list[DiscoveredNode]:
-    """Nodes from /v1/health/service/<name> (pure)."""
+    """The passing and draining nodes of /v1/health/service/<name> (pure)."""
     nodes = []
     for entry in entries:
         service = entry.get("Service") or {}
         node = entry.get("Node") or {}
-        assert isinstance(service, dict) and isinstance(node, dict)
+        checks = entry.get("Checks") or []
+        assert isinstance(service, dict) and isinstance(node, dict) and isinstance(checks, list)
+        state = health_state(checks)
+        if state == "failing":
+            continue
         address = service.get("Address") or node.get("Address")
         nodes.append(DiscoveredNode(str(service["ID"]), f"http://{address}:{service['Port']}",
-                                    dict(service.get("Meta") or {})))
+                                    dict(service.get("Meta") or {}), state == "draining"))
     return sorted(nodes, key=lambda n: n.name)
 
 
 async def watch_consul(address: str, service: str, token: str | None,
                        listener: Listener) -> None:
-    """Call `listener` with the passing nodes now and on every change, forever."""
-    headers = {"X-Consul-Token": token} if token else {}
-    index = "0"
+    """Call `listener` with the passing nodes now and on every change, until cancelled."""
+    index: str | None = None
     failures = 0
-    url = f"{address.rstrip('/')}/v1/health/service/{service}"
-    async with httpx.AsyncClient(headers=headers, timeout=BLOCKING_WAIT_S + 10) as client:
+    client = async_client(address, token, BLOCKING_WAIT_S)
+    try:
         while True:
             try:
-                response = await client.get(url, params={"passing": "true", "index": index,
-                                                         "wait": f"{BLOCKING_WAIT_S}s"})
-                response.raise_for_status()
-            except httpx.HTTPError as exc:
+                new_index, entries = await client.health.service(
+                    service, index=index, wait=f"{BLOCKING_WAIT_S}s")
+            except (TimeoutError, aiohttp.ClientError, consul.ConsulException) as exc:
                 failures += 1
                 event(log, "discovery.consul_unreachable", logging.WARNING,
                       reason=f"{type(exc).__name__}: {exc}", keeping="last good view")
                 await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S)) - 1])
                 continue
             failures = 0
-            new_index = response.headers.get("X-Consul-Index", "0")
-            if int(new_index) < int(index):
-                new_index = "0"  # Consul restarted and its index went back: start over
+            if index is not None and int(new_index) < int(index):
+                new_index = None  # Consul restarted and its index went back: start over
             index = new_index
-            await listener(parse_health(response.json()))
+            await listener(parse_health(entries))
+    finally:
+        await client.close()

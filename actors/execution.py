@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import pathlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from actors.tasks import TaskRecord
 from comfy_service import metrics
 from comfy_service.errors import ExecutionError, NodeLost, TaskFailure, TaskTimeout
 from comfy_service.logs import event
+from comfy_service.outputs import output_path
 from comfy_service.settings import Settings
 
 log = logging.getLogger("actors.execution")
@@ -50,12 +50,6 @@ class WorkerContext:
     links: dict[str, NodeLink]
     owned: dict[str, TaskRun] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def output_path(output_dir: pathlib.Path, task_id: str, index: int, filename: str) -> pathlib.Path:
-    """Where output `index` of a task lives: derived from the task, so a retry overwrites it."""
-    suffix = pathlib.Path(filename).suffix.lower() or ".bin"
-    return output_dir / task_id / f"{index}{suffix}"
 
 
 class TaskRun:

@@ -46,6 +46,7 @@ class Scheduler:
         self._info_published: set[str] = set()
         self._meta: dict[str, dict[str, object]] = {}
         self._needs: dict[str, Need] = {}
+        self._draining: set[str] = set()
         self._link_count = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -88,6 +89,11 @@ class Scheduler:
     async def apply_nodes(self, nodes: list[DiscoveredNode]) -> None:
         """A new view of the nodes: start links to new ones; fail over from vanished ones."""
         current = {node.name: node for node in nodes}
+        draining = {node.name for node in nodes if node.draining}
+        for name in draining - self._draining:
+            event(log, "node.draining", node=name,
+                  tasks=sum(1 for run in self.ctx.owned.values() if run.link.name == name))
+        self._draining = draining
         for name in [n for n in self.ctx.links if n not in current]:
             link = self.ctx.links.pop(name)
             self._meta.pop(name, None)
@@ -118,7 +124,9 @@ class Scheduler:
             if info and "CheckpointLoaderSimple" in info:
                 spec = info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
                 checkpoints = frozenset(spec) if isinstance(spec, list) else None
-            views.append(NodeView(name, link.healthy, self.settings.node_slots, used[name],
+            # A draining node finishes what it holds but is offered nothing new.
+            healthy = link.healthy and name not in self._draining
+            views.append(NodeView(name, healthy, self.settings.node_slots, used[name],
                                   classes=classes, checkpoints=checkpoints,
                                   **self._meta.get(name, {})))  # type: ignore[arg-type]
         return views

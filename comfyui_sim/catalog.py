@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import pathlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from comfy_service.comfyui.object_info import NodeClass, parse_object_info
 
 # Combo inputs whose choices a real ComfyUI computes from its model folders when it answers
 # /object_info or validates a prompt: (class, input) -> (folder, "none" prepended?, name filter).
@@ -38,31 +41,6 @@ MODEL_FOLDERS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """One declared input of a node class."""
-
-    name: str
-    type: str | tuple[Any, ...]  # a type name such as "INT", or the choices of a combo
-    options: Mapping[str, Any]
-    required: bool
-
-    @property
-    def config(self) -> list[Any]:
-        """The [type, options] pair ComfyUI echoes back as `input_config` in errors."""
-        kind: Any = list(self.type) if isinstance(self.type, tuple) else self.type
-        return [kind, dict(self.options)]
-
-
-@dataclass(frozen=True)
-class NodeClass:
-    name: str
-    inputs: Mapping[str, InputSpec]
-    outputs: tuple[str, ...]
-    output_node: bool
-    spec: Mapping[str, Any] = field(repr=False)
-
-
-@dataclass(frozen=True)
 class ModelInventory:
     """File names per model folder, as a server with those files on disk would list them."""
 
@@ -72,13 +50,14 @@ class ModelInventory:
         return sorted(self.folders.get(folder, ()), key=str.lower)
 
 
-def _load_specs() -> dict[str, dict[str, Any]]:
-    text = (pathlib.Path(__file__).parent / "data" / "object_info.json").read_text()
+DEFAULT_SPECS_FILE = "object_info.json"  # ComfyUI 0.3.64; comfyui_sim.versions names the others
+
+
+@functools.cache
+def _load_specs(file_name: str) -> dict[str, dict[str, Any]]:
+    text = (pathlib.Path(__file__).parent / "data" / file_name).read_text()
     specs: dict[str, dict[str, Any]] = json.loads(text)
     return specs
-
-
-_BASE_SPECS = _load_specs()
 
 
 def _combo_choices(inventory: ModelInventory, key: tuple[str, str]) -> list[str]:
@@ -89,13 +68,16 @@ def _combo_choices(inventory: ModelInventory, key: tuple[str, str]) -> list[str]
     return (["none"] if prepend_none else []) + files
 
 
-def object_info(inventory: ModelInventory) -> dict[str, dict[str, Any]]:
+def object_info(inventory: ModelInventory,
+                specs_file: str = DEFAULT_SPECS_FILE) -> dict[str, dict[str, Any]]:
     """The full GET /object_info answer, dynamic combos filled from the inventory."""
-    info = copy.deepcopy(_BASE_SPECS)
+    base = _load_specs(specs_file)
+    info = dict(base)  # only the classes with dynamic combos are copied: 0.33.0 has 634
     for (class_name, input_name) in DYNAMIC_COMBOS:
-        spec = info.get(class_name)
-        if spec is None:
+        if class_name not in base:
             continue
+        spec = info[class_name] = (info[class_name] if info[class_name] is not base[class_name]
+                                   else copy.deepcopy(base[class_name]))
         for section in ("required", "optional"):
             entry = spec["input"].get(section, {}).get(input_name)
             if entry is not None:
@@ -103,37 +85,9 @@ def object_info(inventory: ModelInventory) -> dict[str, dict[str, Any]]:
     return info
 
 
-def _input_spec(name: str, entry: list[Any], required: bool) -> InputSpec:
-    kind = entry[0]
-    options = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
-    return InputSpec(
-        name=name,
-        type=tuple(kind) if isinstance(kind, list) else kind,
-        options=options,
-        required=required,
-    )
-
-
-def parse_object_info(info: dict[str, dict[str, Any]]) -> dict[str, NodeClass]:
-    """Typed view of an /object_info answer, as validation and execution use it."""
-    classes: dict[str, NodeClass] = {}
-    for name, spec in info.items():
-        inputs: dict[str, InputSpec] = {}
-        for section in ("required", "optional"):
-            for input_name, entry in (spec.get("input") or {}).get(section, {}).items():
-                inputs[input_name] = _input_spec(input_name, entry, section == "required")
-        classes[name] = NodeClass(
-            name=name,
-            inputs=inputs,
-            outputs=tuple(spec.get("output") or ()),
-            output_node=bool(spec.get("output_node")),
-            spec=spec,
-        )
-    return classes
-
-
-def node_classes(inventory: ModelInventory) -> dict[str, NodeClass]:
-    return parse_object_info(object_info(inventory))
+def node_classes(inventory: ModelInventory,
+                 specs_file: str = DEFAULT_SPECS_FILE) -> dict[str, NodeClass]:
+    return parse_object_info(object_info(inventory, specs_file))
 
 
 def inventory_from_dirs(models_dir: pathlib.Path, input_dir: pathlib.Path,

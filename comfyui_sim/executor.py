@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from comfy_service.comfyui.object_info import NodeClass
 from comfyui_sim import messages
-from comfyui_sim.catalog import NodeClass
 from comfyui_sim.faults import Faults
 from comfyui_sim.graph import ExecutionList, is_link, signatures
 from comfyui_sim.messages import Hub
-from comfyui_sim.nodes import BEHAVIOURS, NodeOutput
+from comfyui_sim.nodes import BEHAVIOURS, NodeOutput, not_simulated
 from comfyui_sim.prompt_queue import PromptQueue, QueueItem
 
 INTERRUPT_POLL_S = 0.02  # the probe nodes and samplers look at the interrupt flag this often
@@ -108,7 +108,7 @@ class _Context:
 class Executor:
     def __init__(self, hub: Hub, queue: PromptQueue, faults: Faults, folders: Folders,
                  classes: Callable[[], Mapping[str, NodeClass]], step_ms: float,
-                 previews: bool) -> None:
+                 previews: bool, cache_keeps_all: bool = False) -> None:
         self.hub = hub
         self.queue = queue
         self.faults = faults
@@ -116,6 +116,7 @@ class Executor:
         self.classes = classes
         self.step_ms = step_ms
         self.previews = previews
+        self.cache_keeps_all = cache_keeps_all
         self._outputs: dict[str, tuple[Any, ...]] = {}
         self._ui: dict[str, dict[str, Any]] = {}
         self._interrupt = False
@@ -201,10 +202,11 @@ class Executor:
         prompt = item.prompt
         classes = self.classes()
         sigs = signatures(prompt)
-        live = set(sigs.values())
-        for cache in (self._outputs, self._ui):
-            for key in [k for k in cache if k not in live]:
-                del cache[key]
+        if not self.cache_keeps_all:  # the classic cache: only the previous prompt's nodes stay
+            live = set(sigs.values())
+            for cache in (self._outputs, self._ui):
+                for key in [k for k in cache if k not in live]:
+                    del cache[key]
         cached = [node_id for node_id in prompt if sigs[node_id] in self._outputs]
         self._add_message(run, "execution_cached",
                           {"nodes": cached, "prompt_id": run.prompt_id}, False)
@@ -272,8 +274,8 @@ class Executor:
             if run.fail_injected:
                 run.fail_injected = False
                 raise RuntimeError(self.faults.failure_message)
-            output: NodeOutput = await BEHAVIOURS[node["class_type"]](
-                _Context(self, run, node_id), inputs)
+            behaviour = BEHAVIOURS.get(node["class_type"], not_simulated)
+            output: NodeOutput = await behaviour(_Context(self, run, node_id), inputs)
         except Exception as exc:  # any node error becomes an execution_error, as in ComfyUI
             return exc, inputs
         if output.ui is not None:

@@ -16,8 +16,6 @@ from typing import Any
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 
-SERVER_FEATURES = {"supports_preview_metadata": True, "max_upload_size": 104857600}
-
 
 @dataclass
 class Client:

@@ -132,11 +132,17 @@ async def vae_encode(ctx: NodeContext, i: dict[str, Any]) -> NodeOutput:
     return NodeOutput((Latent(frames[0].width, frames[0].height, len(frames)),))
 
 
+async def not_simulated(ctx: NodeContext, i: dict[str, Any]) -> NodeOutput:
+    """A class /object_info lists (0.33.0 lists all 634 captured) but the simulator cannot run."""
+    raise NotImplementedError(f"comfyui-sim does not simulate {ctx.prompt[ctx.node_id]['class_type']}")
+
+
 @behaviour("SaveImage")
 async def save_image(ctx: NodeContext, i: dict[str, Any]) -> NodeOutput:
     saved = images.save_frames(i["images"], ctx.output_dir, i["filename_prefix"], "output",
                                ctx.prompt)
-    return NodeOutput((), {"images": saved})
+    # 0.33.0 declares the saved images as an output; 0.3.64 declares none, so nothing links it.
+    return NodeOutput((i["images"],), {"images": saved})
 
 
 @behaviour("PreviewImage")

@@ -1,6 +1,7 @@
-"""The HTTP and WebSocket routes of a ComfyUI 0.3.64 server, served by Starlette.
+"""The HTTP and WebSocket routes of a ComfyUI server (0.3.64 or 0.33.0), served by Starlette.
 
-Every route is also served under /api/, as ComfyUI does. Only /sim/* is ours (fault injection).
+Every route is also served under /api/, as ComfyUI does; 0.33.0's jobs API only there. Only
+/sim/* is ours (fault injection). What differs by version comes from comfyui_sim.versions.
 """
 
 from __future__ import annotations
@@ -15,28 +16,32 @@ import os
 import pathlib
 import platform
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from comfyui_sim import catalog, images
+from comfy_service.comfyui.object_info import NodeClass
+from comfy_service.comfyui.validation import PromptCrash, validate_prompt
+from comfy_service.comfyui.versions import InvalidPromptId
+from comfyui_sim import catalog, images, jobs_api, versions
 from comfyui_sim.executor import Executor, Folders
 from comfyui_sim.faults import Faults
-from comfyui_sim.messages import SERVER_FEATURES, Client, Hub
+from comfyui_sim.messages import Client, Hub
 from comfyui_sim.prompt_queue import PromptQueue, QueueItem
 from comfyui_sim.settings import SimSettings
-from comfyui_sim.validation import PromptCrash, validate_prompt
 
 log = logging.getLogger("comfyui_sim")
 
-COMFYUI_VERSION = "0.3.64"
+COMFYUI_VERSION = versions.DEFAULT  # the version served unless settings choose another
 SERVER_HEADER = f"Python/{sys.version_info.major}.{sys.version_info.minor} comfyui-sim"
 CRASH_TEXT = "500 Internal Server Error\n\nServer got itself in trouble"
 
@@ -54,11 +59,28 @@ def crashed() -> Response:
     return Response(CRASH_TEXT, status_code=500, media_type="text/plain; charset=utf-8")
 
 
+class SegmentConvertor(Convertor[str]):
+    """aiohttp's default path-parameter pattern: braces never match, so `/history/{uuid}` in
+    braces is a 404 in the real server (newer/v0.3.64 post_prompt_uuid_braces_history)."""
+
+    regex = "[^{}/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("segment", SegmentConvertor())
+
+
 class SimNode:
     """One simulated ComfyUI server: its queue, executor, sockets, files and faults."""
 
     def __init__(self, settings: SimSettings) -> None:
         self.settings = settings
+        self.profile = versions.profile(settings.comfyui_version)
         for folder in (settings.output_dir, settings.input_dir, settings.temp_dir,
                        settings.models_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -69,14 +91,18 @@ class SimNode:
         self.executor = Executor(
             self.hub, self.queue, self.faults,
             Folders(settings.output_dir, settings.temp_dir, settings.input_dir),
-            self.node_classes, settings.step_ms, settings.preview_method != "none")
+            self.node_classes, settings.step_ms, settings.preview_method != "none",
+            cache_keeps_all=self.profile.cache_keeps_all)
 
     def inventory(self) -> catalog.ModelInventory:
         return catalog.inventory_from_dirs(self.settings.models_dir, self.settings.input_dir,
                                            self.settings.declared_models())
 
-    def node_classes(self) -> dict[str, catalog.NodeClass]:
-        return catalog.node_classes(self.inventory())
+    def node_classes(self) -> dict[str, NodeClass]:
+        return catalog.node_classes(self.inventory(), self.profile.object_info_file)
+
+    def object_info(self) -> dict[str, dict[str, Any]]:
+        return catalog.object_info(self.inventory(), self.profile.object_info_file)
 
     def queue_info(self) -> dict[str, Any]:
         return {"exec_info": {"queue_remaining": self.queue.remaining()}}
@@ -116,15 +142,21 @@ async def post_prompt(node: SimNode, request: Request) -> Response:
                  "details": "No prompt provided", "extra_info": {}}
         return json_response({"error": error, "node_errors": {}}, 400)
     prompt = body["prompt"]
-    prompt_id = str(body.get("prompt_id", uuid.uuid4()))
+    rules = node.profile.rules
+    try:
+        prompt_id = rules.client_prompt_id(body) or str(uuid.uuid4())
+    except InvalidPromptId as exc:
+        return json_response({"error": exc.error, "node_errors": {}}, 400)
     try:
         result = validate_prompt(prompt, node.node_classes(), body.get("partial_execution_targets"),
-                                 lambda name: (node.settings.input_dir / str(name)).is_file())
+                                 lambda name: (node.settings.input_dir / str(name)).is_file(),
+                                 missing_node=rules.missing_node_error)
     except PromptCrash:
         return crashed()
     extra_data = body.get("extra_data", {})
     if "client_id" in body:
         extra_data["client_id"] = body["client_id"]
+    extra_data.update(node.profile.queue_stamps(int(time.time() * 1000)))
     if not result.ok:
         return json_response({"error": result.error, "node_errors": result.node_errors}, 400)
     node.queue.put(QueueItem(number, prompt_id, prompt, extra_data, result.outputs))
@@ -189,31 +221,23 @@ async def post_history(node: SimNode, request: Request) -> Response:
 
 
 async def get_object_info(node: SimNode, request: Request) -> Response:
-    return json_response(catalog.object_info(node.inventory()))
+    return json_response(node.object_info())
 
 
 async def get_object_info_class(node: SimNode, request: Request) -> Response:
     name = request.path_params["node_class"]
-    info = catalog.object_info(node.inventory())
+    info = node.object_info()
     return json_response({name: info[name]} if name in info else {})
 
 
 async def get_system_stats(node: SimNode, request: Request) -> Response:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    return json_response({
-        "system": {"os": os.name, "ram_total": total, "ram_free": free,
-                   "comfyui_version": COMFYUI_VERSION, "required_frontend_version": "1.27.10",
-                   "installed_templates_version": "0.1.95", "required_templates_version": "0.1.95",
-                   "python_version": sys.version, "pytorch_version": "none (comfyui-sim)",
-                   "embedded_python": False, "argv": sys.argv},
-        "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": total,
-                     "vram_free": free, "torch_vram_total": total, "torch_vram_free": free}],
-    })
+    return json_response(versions.system_stats(node.profile, total, free, sys.argv))
 
 
 async def get_features(node: SimNode, request: Request) -> Response:
-    return json_response(SERVER_FEATURES)
+    return json_response(node.profile.features)
 
 
 async def get_embeddings(node: SimNode, request: Request) -> Response:
@@ -315,7 +339,7 @@ async def sim_faults(node: SimNode, request: Request) -> Response:
 
 
 async def sim_info(node: SimNode, request: Request) -> Response:
-    return json_response({"simulator": "comfyui-sim", "comfyui_version": COMFYUI_VERSION,
+    return json_response({"simulator": "comfyui-sim", "comfyui_version": node.profile.version,
                           "pid": os.getpid(), "step_ms": node.faults.step_ms(
                               node.settings.step_ms), "base_dir": str(node.settings.base_dir),
                           "host": platform.node()})
@@ -351,7 +375,7 @@ async def websocket_endpoint(node: SimNode, websocket: WebSocket) -> None:
                 continue
             if first and isinstance(data, dict) and data.get("type") == "feature_flags":
                 client.feature_flags = data.get("data") or {}
-                await node.hub.send_now(sid, "feature_flags", SERVER_FEATURES)
+                await node.hub.send_now(sid, "feature_flags", node.profile.features)
             first = False
     except (WebSocketDisconnect, RuntimeError, KeyError):
         pass
@@ -365,12 +389,12 @@ HTTP_ROUTES: list[tuple[str, str, Handler]] = [
     ("/queue", "GET", get_queue), ("/queue", "POST", post_queue),
     ("/interrupt", "POST", post_interrupt), ("/free", "POST", post_free),
     ("/history", "GET", get_history), ("/history", "POST", post_history),
-    ("/history/{prompt_id}", "GET", get_history_item),
+    ("/history/{prompt_id:segment}", "GET", get_history_item),
     ("/object_info", "GET", get_object_info),
-    ("/object_info/{node_class}", "GET", get_object_info_class),
+    ("/object_info/{node_class:segment}", "GET", get_object_info_class),
     ("/system_stats", "GET", get_system_stats), ("/features", "GET", get_features),
     ("/embeddings", "GET", get_embeddings), ("/models", "GET", get_models),
-    ("/models/{folder}", "GET", get_models_folder), ("/view", "GET", get_view),
+    ("/models/{folder:segment}", "GET", get_models_folder), ("/view", "GET", get_view),
     ("/upload/image", "POST", post_upload_image),
 ]
 
@@ -394,6 +418,9 @@ def _routes(node: SimNode) -> list[BaseRoute]:
         async def ws(websocket: WebSocket) -> None:
             await websocket_endpoint(node, websocket)
         routes.append(WebSocketRoute(prefix + "/ws", ws))
+    if node.profile.rules.has_jobs_api:
+        routes += [Route("/api" + path, _bind(node, handler), methods=[method])
+                   for path, method, handler in jobs_api.ROUTES]
     routes.append(Route("/sim/faults", _bind(node, sim_faults), methods=["GET", "POST"]))
     routes.append(Route("/sim/info", _bind(node, sim_info), methods=["GET"]))
     return routes
@@ -433,6 +460,11 @@ def create_app(settings: SimSettings) -> ASGIApp:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def not_found(request: Request, exc: Exception) -> Response:
+        # ComfyUI serves its frontend as a static route on "/", which matches any path for
+        # GET and HEAD only: other methods on an unknown path get aiohttp's 405.
+        if request.method not in ("GET", "HEAD"):
+            return Response("405: Method Not Allowed", status_code=405,
+                            media_type="text/plain; charset=utf-8")
         return Response(b"", status_code=404, media_type="application/octet-stream")
 
     app = Starlette(routes=_routes(node), lifespan=lifespan,

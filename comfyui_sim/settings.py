@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from comfyui_sim import versions
+
 DEFAULT_CHECKPOINTS = ("juggernautXL_v8Rundiffusion.safetensors",)
 # What a server prepared for the StoryDiffusion SDXL modes lists (shared/storydiffusion).
 DEFAULT_MODEL_FILES: dict[str, tuple[str, ...]] = {
@@ -31,6 +33,7 @@ class SimSettings:
     loras: tuple[str, ...] = ()
     preview_method: str = "none"
     log_level: str = "warning"
+    comfyui_version: str = versions.DEFAULT
 
     @property
     def output_dir(self) -> pathlib.Path:
@@ -73,9 +76,14 @@ class SimSettings:
         parser.add_argument("--preview-method", default=environ.get("SIM_PREVIEW_METHOD", "none"),
                             choices=["none", "auto", "latent2rgb", "taesd"])
         parser.add_argument("--log-level", default=environ.get("SIM_LOG_LEVEL", "warning"))
+        parser.add_argument("--comfyui-version",
+                            default=environ.get("SIM_COMFYUI_VERSION", versions.DEFAULT),
+                            choices=versions.SUPPORTED_VERSIONS,
+                            help="the ComfyUI server version to behave as (env "
+                                 f"SIM_COMFYUI_VERSION, default {versions.DEFAULT})")
         args = parser.parse_args(argv)
         base_dir = args.base_dir or pathlib.Path(tempfile.mkdtemp(prefix="comfyui-sim-"))
         return cls(host=args.listen, port=args.port, step_ms=args.step_ms,
                    base_dir=pathlib.Path(base_dir), checkpoints=_names(args.checkpoints),
                    loras=_names(args.loras), preview_method=args.preview_method,
-                   log_level=args.log_level)
+                   log_level=args.log_level, comfyui_version=args.comfyui_version)

@@ -26,7 +26,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actors import tasks
 from actors.broker import admit_message, build_broker
-from actors.execution import output_path
 from actors.store import TaskStore, acceptance_sequence
 from comfy_service import constants as c
 from comfy_service import metrics
@@ -45,6 +44,7 @@ from comfy_service.errors import (
     UnsupportedMediaType,
 )
 from comfy_service.logs import event, request_id_var
+from comfy_service.outputs import output_path
 from comfy_service.settings import Settings
 from comfy_service.templates import Template, load_templates
 from gateway.generate import new_record, new_task_id, parse_generate

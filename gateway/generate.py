@@ -9,10 +9,10 @@ from typing import Any
 
 from actors.store import PRIORITY_LIMIT
 from actors.tasks import QUEUED, TaskRecord, utc_now
+from comfy_service.comfyui.object_info import parse_object_info
+from comfy_service.comfyui.validation import PromptCrash, validate_prompt
 from comfy_service.errors import Unavailable, ValidationFailed, WorkflowNotFound
 from comfy_service.templates import FieldError, Template, looks_like_ui_format, render, resolve
-from comfyui_sim.catalog import parse_object_info
-from comfyui_sim.validation import PromptCrash, validate_prompt
 
 DEFAULT_WORKFLOW = "txt2img"
 ALLOWED_KEYS = {"workflow", "params", "workflow_json", "priority", "timeout_s"}

@@ -59,17 +59,21 @@ class FileGpu:
 
 
 class NvmlGpu:
-    """NVML through nvidia-ml-py for one GPU index."""
+    """NVML through nvidia-ml-py for one GPU, by index or (under Nomad) by its UUID."""
 
     source = "nvml"
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, uuid: str | None = None) -> None:
         import pynvml
 
         self._nvml = pynvml
         pynvml.nvmlInit()
+        if uuid:
+            self._handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+            index = int(pynvml.nvmlDeviceGetIndex(self._handle))
+        else:
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         self.index = index
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         self.uuid = _text(pynvml.nvmlDeviceGetUUID(self._handle))
         self.name = _text(pynvml.nvmlDeviceGetName(self._handle))
 
@@ -101,11 +105,24 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def open_reader(gpu_index: int, readings_file: str | None) -> tuple[GpuReader, str | None]:
+def assigned_uuid(uuid_file: str | None) -> str | None:
+    """The GPU Nomad gave the ComfyUI task, which its entrypoint writes down for the sidecar
+    (the sidecar holds no device of its own: NVIDIA_VISIBLE_DEVICES=all, this picks one)."""
+    if not uuid_file:
+        return None
+    try:
+        text = pathlib.Path(uuid_file).read_text().strip()
+    except OSError:
+        return None
+    return text.split(",")[0].strip() or None
+
+
+def open_reader(gpu_index: int, readings_file: str | None,
+                gpu_uuid: str | None = None) -> tuple[GpuReader, str | None]:
     """The reader to use, and why NVML is not used when it is not."""
     if readings_file:
         return FileGpu(pathlib.Path(readings_file)), None
     try:
-        return NvmlGpu(gpu_index), None
+        return NvmlGpu(gpu_index, gpu_uuid), None
     except Exception as exc:  # no library, no driver, no such GPU: all mean "no NVML here"
         return NoGpu(), f"{type(exc).__name__}: {exc}"

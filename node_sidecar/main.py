@@ -8,6 +8,7 @@ probes, so the TTL lapses and the node turns critical.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -21,12 +22,16 @@ import httpx
 from prometheus_client import Gauge, start_http_server
 
 from comfy_service import __version__, logs
+from comfy_service.consul_client import sync_client
 from comfy_service.logs import event
+from comfy_service.polling import wait_until
 from node_sidecar import meta as node_meta
-from node_sidecar.gpu import GpuReader, open_reader
+from node_sidecar.gpu import GpuReader, assigned_uuid, open_reader
 from node_sidecar.settings import SidecarSettings
 
 log = logging.getLogger("node_sidecar")
+
+GPU_UUID_WAIT_S = 60.0
 
 # Named after NVIDIA's DCGM exporter, so existing dashboards and alerts apply.
 GPU_UTIL = Gauge("DCGM_FI_DEV_GPU_UTIL", "GPU utilisation (%)", ["gpu", "UUID"])
@@ -43,9 +48,7 @@ class Sidecar:
     def __init__(self, settings: SidecarSettings, reader: GpuReader) -> None:
         self.settings = settings
         self.reader = reader
-        address = httpx.URL(settings.consul_addr)
-        self.consul = consul.Consul(host=address.host, port=address.port or 8500,
-                                    scheme=address.scheme, token=settings.consul_token)
+        self.consul = sync_client(settings.consul_addr, settings.consul_token)
         self.http = httpx.Client(base_url=settings.comfyui_url,
                                  timeout=max(0.5, settings.probe_interval_s))
         self.service_id = node_meta.service_id(settings.host_name, settings.gpu_index,
@@ -64,9 +67,47 @@ class Sidecar:
         try:
             while not stop.wait(self.settings.probe_interval_s):
                 self.tick()
+            self.drain()
         finally:
             self.consul.agent.service.deregister(self.service_id)
             event(log, "sidecar.deregistered", service_id=self.service_id)
+
+    def drain(self) -> None:
+        """Stop new work reaching this ComfyUI and wait (bounded) until its queue is empty.
+
+        Consul maintenance tells every worker to bind nothing more here while the prompts
+        ComfyUI holds run to the end; the TTL check keeps passing meanwhile, so workers see a
+        draining node, not a failed one. The queue must stay empty for `drain_settle_s`, longer
+        than a worker takes to notice the maintenance, so a bind racing it is not cut off.
+        """
+        settings = self.settings
+        started = time.monotonic()
+        try:
+            self.consul.agent.service.maintenance(self.service_id, True,
+                                                  reason="draining: the allocation is stopping")
+        except Exception:
+            event(log, "sidecar.drain_unannounced", logging.WARNING, exc_info=True)
+        event(log, "sidecar.draining", service_id=self.service_id,
+              timeout_s=settings.drain_timeout_s)
+        empty_since: float | None = None
+        pause = threading.Event()
+        while time.monotonic() - started < settings.drain_timeout_s:
+            load = self.probe()
+            if load is None:
+                break  # ComfyUI is gone: nothing left to wait for
+            now = time.monotonic()
+            if load.queue_running or load.queue_pending:
+                empty_since = None
+            elif empty_since is None:
+                empty_since = now
+            elif now - empty_since >= settings.drain_settle_s:
+                break
+            with contextlib.suppress(Exception):
+                self.consul.agent.check.ttl_pass(self.ttl_check, notes="draining")
+            pause.wait(min(0.25, settings.probe_interval_s))
+        event(log, "sidecar.drained", service_id=self.service_id,
+              seconds=round(time.monotonic() - started, 3),
+              queue_empty=empty_since is not None)
 
     def tick(self) -> None:
         load = self.probe()
@@ -133,10 +174,25 @@ class Sidecar:
         self._meta, self._meta_at = values, time.monotonic()
 
 
+def wait_for_gpu_uuid(settings: SidecarSettings) -> str | None:
+    """Under Nomad the sidecar starts before ComfyUI (prestart), so the GPU's UUID may not be
+    written yet: wait for it a bounded time, then fall back to GPU_INDEX."""
+    if not settings.gpu_uuid_file:
+        return None
+    try:
+        return wait_until(lambda: assigned_uuid(settings.gpu_uuid_file), GPU_UUID_WAIT_S,
+                          f"the GPU UUID in {settings.gpu_uuid_file}", interval=0.5)
+    except TimeoutError:
+        event(log, "sidecar.gpu_uuid_missing", logging.WARNING, file=settings.gpu_uuid_file,
+              fallback_index=settings.gpu_index)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = SidecarSettings.from_env(os.environ)
     logs.setup(os.environ.get("LOG_LEVEL", "INFO").upper(), os.environ.get("LOG_FORMAT", "json"))
-    reader, why_not_nvml = open_reader(settings.gpu_index, settings.gpu_readings_file)
+    reader, why_not_nvml = open_reader(settings.gpu_index, settings.gpu_readings_file,
+                                       wait_for_gpu_uuid(settings))
     if why_not_nvml:
         event(log, "sidecar.no_nvml", logging.WARNING, reason=why_not_nvml,
               effect="reporting ComfyUI queue load only")
@@ -145,10 +201,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
+    failed: list[str] = []
+
+    def follow(sidecar: Sidecar) -> None:
+        try:
+            sidecar.run(stop)
+        except Exception as exc:  # one instance failing stops the process: Nomad restarts it
+            failed.append(sidecar.service_id)
+            event(log, "sidecar.failed", logging.ERROR, service_id=sidecar.service_id,
+                  reason=f"{type(exc).__name__}: {exc}")
+            stop.set()
+
+    threads = [threading.Thread(target=follow, args=(Sidecar(instance, reader),),
+                                name=f"sidecar:{instance.comfyui_url}")
+               for instance in settings.instances()]
     try:
-        Sidecar(settings, reader).run(stop)
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(0.5)
     finally:
         reader.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0
+    return 1 if failed else 0

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
 class SidecarSettings:
+    """One sidecar process; it follows one ComfyUI per URL (k when k share a GPU)."""
+
     comfyui_url: str
+    comfyui_urls: tuple[str, ...] = ()
+    # The address other machines reach ComfyUI at (Nomad: NOMAD_IP_<port>); default: the URL's.
+    node_address: str | None = None
+    drain_timeout_s: float = 600.0
+    drain_settle_s: float = 1.0
     consul_addr: str = "http://127.0.0.1:8500"
     consul_token: str | None = field(default=None, repr=False)
     service_name: str = "comfyui"
     gpu_index: int = 0
     gpu_readings_file: str | None = None
+    gpu_uuid_file: str | None = None
     slots: int = 2
     weight: float = 1.0
     capabilities: tuple[str, ...] = ("txt2img", "storydiffusion")
@@ -29,7 +37,11 @@ class SidecarSettings:
 
     @property
     def comfyui_host(self) -> str:
-        return urlsplit(self.comfyui_url).hostname or "127.0.0.1"
+        return self.node_address or urlsplit(self.comfyui_url).hostname or "127.0.0.1"
+
+    def instances(self) -> list[SidecarSettings]:
+        """The settings for each ComfyUI this process follows."""
+        return [replace(self, comfyui_url=url, comfyui_urls=(url,)) for url in self.comfyui_urls]
 
     @property
     def comfyui_port(self) -> int:
@@ -38,17 +50,22 @@ class SidecarSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SidecarSettings:
         get = environ.get
-        url = get("COMFYUI_URL", "http://127.0.0.1:8188").rstrip("/")
+        urls = tuple(u.strip().rstrip("/") for u in get("COMFYUI_URLS", "").split(",")
+                     if u.strip()) or (get("COMFYUI_URL", "http://127.0.0.1:8188").rstrip("/"),)
         caps = tuple(c.strip() for c in get("NODE_CAPABILITIES", "txt2img,storydiffusion")
                      .split(",") if c.strip())
         consul_addr = get("CONSUL_HTTP_ADDR", "127.0.0.1:8500")
         if "://" not in consul_addr:
             consul_addr = "http://" + consul_addr
-        return cls(comfyui_url=url, consul_addr=consul_addr,
+        return cls(comfyui_url=urls[0], comfyui_urls=urls, consul_addr=consul_addr,
+                   node_address=get("NODE_ADDRESS") or None,
+                   drain_timeout_s=float(get("DRAIN_TIMEOUT_S", "600")),
+                   drain_settle_s=float(get("DRAIN_SETTLE_S", "1")),
                    consul_token=get("CONSUL_HTTP_TOKEN") or None,
                    service_name=get("CONSUL_SERVICE_NAME", "comfyui"),
                    gpu_index=int(get("GPU_INDEX", "0")),
                    gpu_readings_file=get("GPU_READINGS_FILE") or None,
+                   gpu_uuid_file=get("GPU_UUID_FILE") or None,
                    slots=int(get("NODE_SLOTS", "2")), weight=float(get("NODE_WEIGHT", "1")),
                    capabilities=caps, listen_host=get("SIDECAR_HOST", "127.0.0.1"),
                    listen_port=int(get("SIDECAR_PORT", "0")),

@@ -13,6 +13,7 @@ docs/benchmarks.md. Everything runs on loopback and stops by itself.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import pathlib
 import platform
@@ -241,7 +242,8 @@ def bench_recover(root: pathlib.Path, runs: int = 3) -> list[str]:
 
 # --- mesh -----------------------------------------------------------------------------------------
 def _consul(root: pathlib.Path) -> Any:
-    from tests.agents_fixtures import ConsulAgent, agent_binary
+    from comfy_service.agents.binaries import agent_binary
+    from comfy_service.agents.consul_agent import ConsulAgent
     agent = ConsulAgent(agent_binary("consul"), root / "consul")
     agent.start()
     return agent
@@ -309,6 +311,78 @@ def bench_failover(root: pathlib.Path) -> list[str]:
     return rows
 
 
+def bench_nomad(root: pathlib.Path) -> list[str]:
+    """Deployment through Nomad: `nomad job run` to the first task served; `nomad alloc stop`
+    to the node drained, replaced, and its replacement taking work."""
+    from comfy_service.nomad_stack import NomadCluster, run_jobs
+    redis = RedisProcess(root / "nomad-redis")
+    cluster = NomadCluster(root / "nomad", {})
+    rows = []
+    try:
+        cluster.start_agents()
+        assert cluster.nomad is not None and cluster.consul is not None
+        started = time.perf_counter()
+        gateway = run_jobs(cluster, redis.url, free_port(), 2, 50, root / "nomad-out", "")
+        up = time.perf_counter() - started
+
+        def submit(steps: int) -> str:
+            answer = httpx.post(f"{gateway}/api/v1/generate", json=txt2img_body(steps=steps),
+                                timeout=10)
+            answer.raise_for_status()
+            return str(answer.json()["task_id"])
+
+        def task(task_id: str) -> dict[str, Any]:
+            return dict(httpx.get(f"{gateway}/api/v1/tasks/{task_id}", timeout=10).json())
+        first = submit(4)
+        wait_until(lambda: task(first)["status"] == "succeeded", 60, "the first task")
+        rows.append(f"| `nomad job run` (both jobs) to 2 sidecars passing and the gateway "
+                    f"ready | {up:.1f} s |")
+        rows.append(f"| `nomad job run` to the first task served (4 steps) | "
+                    f"{time.perf_counter() - started:.1f} s |")
+
+        def passing() -> set[str]:
+            entries = httpx.get(f"{cluster.consul.url}/v1/health/service/comfyui",  # type: ignore[union-attr]
+                                params={"passing": "true"}, timeout=10).json()
+            return {entry["Service"]["ID"] for entry in entries}
+        before = passing()
+        backlog = [submit(20) for _ in range(24)]  # 1 s each: a queue that outlasts the stop
+        victim_node = wait_until(lambda: next((t["node"] for t in map(task, backlog)
+                                               if t["status"] == "running"), None), 60, "work")
+        allocs = httpx.get(f"{cluster.nomad.url}/v1/job/comfyui/allocations", timeout=10).json()
+        port = victim_node.rsplit("-", 1)[1]
+        victim = next(a["ID"] for a in allocs if a["ClientStatus"] == "running" and any(
+            str(p["Value"]) == port for p in httpx.get(
+                f"{cluster.nomad.url}/v1/allocation/{a['ID']}", timeout=10).json()
+            ["AllocatedResources"]["Shared"]["Ports"]))
+        struck = time.perf_counter()
+        cluster.nomad_cli("alloc", "stop", "-detach", victim)
+        wait_until(lambda: victim_node not in passing(), 120, "the drain to start", interval=0.02)
+        draining = time.perf_counter() - struck
+        new = wait_until(lambda: (now := passing() - before) and now, 120, "a replacement",
+                         interval=0.05)
+        replaced = time.perf_counter() - struck
+        wait_until(lambda: any(t["node"] in new and t["status"] != "queued"
+                               for t in map(task, backlog)), 120, "work on the replacement",
+                   interval=0.05)
+        serving = time.perf_counter() - struck
+        records = wait_until(lambda: (r := [task(t) for t in backlog]) and all(
+            x["status"] == "succeeded" for x in r) and r, 240, "the backlog")
+        drained = max(datetime.datetime.fromisoformat(r["finished_at"].replace("Z", "+00:00"))
+                      .timestamp() for r in records if r["node"] == victim_node)
+        rows.append(f"| `nomad alloc stop` to the node out of dispatch (Consul maintenance) | "
+                    f"{draining:.2f} s |")
+        rows.append(f"| `nomad alloc stop` to the replacement passing in Consul | {replaced:.1f} s |")
+        rows.append(f"| `nomad alloc stop` to the replacement running the backlog's tasks | "
+                    f"{serving:.1f} s |")
+        rows.append(f"| `nomad alloc stop` to the stopped node's last prompt finished (drained, "
+                    f"attempts all 1: {all(r['attempts'] == 1 for r in records)}) | "
+                    f"{drained - (time.time() - (time.perf_counter() - struck)):.1f} s |")
+    finally:
+        cluster.stop()
+        redis.stop()
+    return rows
+
+
 def _adoption_time(log: pathlib.Path, task_id: str) -> float | None:
     import datetime as dt
     for line in log.read_text().splitlines() if log.exists() else []:
@@ -340,6 +414,9 @@ def main(argv: list[str]) -> int:
             print("\n| failover | from the fault to the task running on another node |\n"
                   "| --- | --- |")
             print("\n".join(bench_failover(root)), flush=True)
+        if which in ("nomad", "all"):
+            print("\n| Nomad deployment (2 simulated nodes, raw_exec) | time |\n| --- | --- |")
+            print("\n".join(bench_nomad(root)), flush=True)
         if which in ("recover", "all"):
             print("\n| recovery | measured | summary |\n| --- | --- | --- |")
             print("\n".join(bench_recover(root)), flush=True)

@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import os
 import pathlib
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 
 import httpx
 import pytest
 
-from tests.support.processes import ROOT, wait_until
-
-
-def _read_until_ready(proc: subprocess.Popen[str], timeout: float) -> list[str]:
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
-    while True:
-        line = lines.get(timeout=timeout)
-        if line is None:
-            raise AssertionError("`up` exited before it was ready:\n" + "\n".join(seen))
-        seen.append(line)
-        if "Ctrl-C stops everything" in line:
-            return seen
+from tests.support.processes import ROOT, read_until_up, wait_until
 
 
 def _port_open(port: int) -> bool:
@@ -58,7 +37,7 @@ def test_up_starts_the_service_and_stops_it(tmp_path: pathlib.Path, redis_on_pat
     proc = subprocess.Popen([sys.executable, "-m", "comfy_service.cli", "up"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        lines = _read_until_ready(proc, timeout=60)
+        lines = read_until_up(proc, timeout=60)
         text = "\n".join(lines)
         sims = re.findall(r"comfyui\s+(http://127\.0\.0\.1:(\d+))", text)
         redis_port = int(re.search(r"redis\s+redis://127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
@@ -97,3 +76,49 @@ def test_up_starts_the_service_and_stops_it(tmp_path: pathlib.Path, redis_on_pat
         assert not _port_open(int(port))
     assert not _port_open(int(api.rsplit(':', 1)[1]))
     assert not _port_open(redis_port)
+
+
+def test_up_keeps_serving_when_a_simulated_node_dies(tmp_path: pathlib.Path) -> None:
+    # Given `make up` with two simulated nodes
+    env = {**os.environ, "RUN_DIR": str(tmp_path / "run"), "SIM_NODES": "2", "SIM_STEP_MS": "5",
+           "SIM_BASE_PORT": "0", "REDIS_PORT": "0", "API_PORT": "0", "PYTHONUNBUFFERED": "1",
+           "MESH": "static"}
+    for key in ("COMFYUI_URLS", "REDIS_URL"):
+        env.pop(key, None)
+    out = tmp_path / "up.out"
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "comfy_service.cli", "up"], cwd=ROOT,
+                                env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        text = wait_until(lambda: "Ctrl-C stops everything" in (t := out.read_text()) and t, 60,
+                          "`up` to be up")
+        sim_port = re.findall(r"comfyui\s+http://127\.0\.0\.1:(\d+)", text)[0]
+        api = re.search(r"gateway\s+(http://127\.0\.0\.1:\d+)", text).group(1)  # type: ignore[union-attr]
+        (sim_pid,) = [int(p.name) for p in pathlib.Path("/proc").iterdir() if p.name.isdigit()
+                      and _argv_has(p, "comfyui_sim", sim_port)]
+        # When one of them is killed
+        os.kill(sim_pid, signal.SIGKILL)
+        # Then `up` reports it and keeps running, and the API still serves tasks
+        wait_until(lambda: "the other nodes keep serving" in out.read_text(), 10, "the report")
+        for _ in range(3):
+            answer = httpx.post(f"{api}/api/v1/generate", json={"params": {
+                "prompt": "a boat", "width": 256, "height": 256, "steps": 2}}, timeout=10)
+            assert answer.status_code == 202
+            task_url = f"{api}{answer.headers['location']}"
+            task = wait_until(lambda: (t := httpx.get(task_url, timeout=5).json())[  # noqa: B023
+                "status"] in ("succeeded", "failed") and t, 30, "the task to finish")
+            assert task["status"] == "succeeded", task
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert proc.returncode == 0
+    assert "exited with code -9; the other nodes keep serving" in out.read_text()
+
+
+def _argv_has(proc_dir: pathlib.Path, *words: str) -> bool:
+    try:
+        argv = (proc_dir / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return all(word in argv for word in words)

@@ -202,3 +202,49 @@ def test_the_console_script_runs_the_simulator() -> None:
     answer = subprocess.run([str(exe), "sim", "--help"], capture_output=True, text=True,
                             timeout=30, cwd=ROOT, check=True)
     assert "--step-ms" in answer.stdout
+
+
+@pytest.mark.parametrize("version,fully_cached", [("0.3.64", False), ("0.33.0", True)])
+def test_an_older_graph_is_fully_cached_only_by_0_33_0s_ram_pressure_cache(
+        tmp_path: pathlib.Path, version: str, fully_cached: bool) -> None:
+    node = SimNodeProcess(tmp_path / "sim", "--comfyui-version", version, step_ms=5)
+    try:
+        # Given graph A ran, then graph B (another seed) ran after it
+        asyncio.run(run_prompt(node.url, txt2img(steps=2, seed=1)))
+        asyncio.run(run_prompt(node.url, txt2img(steps=2, seed=2)))
+        # When graph A is submitted again
+        again = asyncio.run(run_prompt(node.url, txt2img(steps=2, seed=1)))
+    finally:
+        node.stop()
+    # Then 0.33.0 reuses every node of it; 0.3.64 kept only B's results and samples again
+    (cached,) = again.of_type("execution_cached")
+    assert (sorted(cached["nodes"]) == sorted(txt2img())) is fully_cached
+    assert bool(again.of_type("progress")) is not fully_cached
+
+
+def test_a_0_33_0_job_can_be_followed_and_cancelled_through_the_jobs_api(
+        tmp_path: pathlib.Path) -> None:
+    node = SimNodeProcess(tmp_path / "sim", "--comfyui-version", "0.33.0", step_ms=200)
+    try:
+        # Given a slow prompt running and a second one waiting behind it
+        first = httpx.post(f"{node.url}/prompt", json={"prompt": txt2img(steps=50)}).json()
+        second = httpx.post(f"{node.url}/prompt", json={"prompt": txt2img(steps=50, seed=9)}
+                            ).json()
+        wait_until(lambda: httpx.get(f"{node.url}/api/jobs/{first['prompt_id']}").json()
+                   ["status"] == "in_progress", 10, "the first job to start")
+        # When both are cancelled through the jobs API
+        cancel = httpx.post(f"{node.url}/api/jobs/cancel",
+                            json={"job_ids": [second["prompt_id"], first["prompt_id"]]})
+        # Then the waiting one is gone and the running one ends as cancelled
+        assert cancel.json() == {"cancelled": True}
+        assert httpx.get(f"{node.url}/api/jobs/{second['prompt_id']}").status_code == 404
+        job = wait_until(lambda: (lambda j: j if j["status"] != "in_progress" else None)(
+            httpx.get(f"{node.url}/api/jobs/{first['prompt_id']}").json()), 10,
+            "the first job to end")
+        assert job["status"] == "cancelled"
+        assert job["execution_status"]["status_str"] == "error"
+        assert "create_time" in job["workflow"]["extra_data"]
+        assert httpx.get(f"{node.url}/system_stats").json()["system"]["comfyui_version"] \
+            == "0.33.0"
+    finally:
+        node.stop()

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import pathlib
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Sequence
 from typing import TypeVar
 
 import httpx
+
+from comfy_service.polling import wait_until
 
 T = TypeVar("T")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -23,33 +26,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], T | None], timeout: float,
-               what: str | Callable[[], str] = "a condition", interval: float = 0.02,
-               transient: Callable[[Exception], bool] = lambda exc: False) -> T:
-    """Poll `condition` until it returns a truthy value; fail with `what` at the deadline.
-
-    An exception from `condition` propagates unless `transient(exc)` says it only means
-    "not yet"; the last such exception is chained to the TimeoutError.
-    """
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            result = condition()
-        except Exception as exc:
-            if not transient(exc):
-                raise
-            last, result = exc, None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            text = what() if callable(what) else what
-            if last is not None:
-                text = f"{text} (last error: {last!r})"
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {text}") from last
-        time.sleep(interval)
 
 
 class ManagedProcess:
@@ -148,3 +124,23 @@ class RedisProcess(ManagedProcess):
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+def read_until_up(proc: subprocess.Popen[str], timeout: float) -> list[str]:
+    """The lines `comfy-service up` prints until it says it is up (fails if it exits first)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    while True:
+        line = lines.get(timeout=timeout)
+        if line is None:
+            raise AssertionError("`up` exited before it was ready:\n" + "\n".join(seen))
+        seen.append(line)
+        if "Ctrl-C stops everything" in line:
+            return seen

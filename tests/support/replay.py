@@ -63,14 +63,17 @@ class Exchange:
 
 
 class Replayer:
-    def __init__(self, scenario: dict[str, Any], base_url: str) -> None:
+    def __init__(self, scenario: dict[str, Any], base_url: str,
+                 strict_keys: frozenset[str] | set[str] = STRICT_KEYS) -> None:
         self.scenario = scenario
+        self.strict_keys = strict_keys
         self.name = scenario["scenario"]
         self.base_url = base_url.rstrip("/")
         self.ws_url = "ws" + self.base_url[4:]
         self.sockets = {label: SocketState(label, entry["client_id"], entry["messages"])
                         for label, entry in scenario["ws"].items()}
         self.prompt_ids: dict[str, str] = {}  # recorded prompt_id -> actual
+        self.numbers: dict[str, Any] = {}  # actual prompt_id -> `number` of its latest POST
         self.exchanges: list[Exchange] = []
         self.errors: list[str] = []
         self._changed = asyncio.Event()
@@ -174,10 +177,19 @@ class Replayer:
             return
         url = self._path(path)
         deadline = time.monotonic() + DEADLINE_S
-        while not (await client.get(url)).json():
+        while not self._history_ready((await client.get(url)).json(), exchange):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: {url} stayed empty")
+                raise TimeoutError(f"{self.name}: {url} stayed empty or stale")
             await asyncio.sleep(0.01)
+
+    def _history_ready(self, body: Any, exchange: dict[str, Any]) -> bool:
+        """Non-empty; for `wait_for_rerun` (a reused prompt id the recording shows re-run),
+        also the entry of the latest POST of that id, not the one it replaces."""
+        if not body:
+            return False
+        if not exchange.get("wait_for_rerun"):
+            return True
+        return all(entry["prompt"][0] == self.numbers.get(pid) for pid, entry in body.items())
 
     # --- HTTP ----------------------------------------------------------------------------------
     def _map_ids(self, value: Any) -> Any:
@@ -230,8 +242,10 @@ class Replayer:
         elif response.headers.get("content-type", "").startswith("text/"):
             body = response.text
         if (exchange["method"] == "POST" and exchange["path"].split("?")[0].endswith("/prompt")
-                and response.status_code == 200 and isinstance(body, dict)):
+                and response.status_code == 200 and isinstance(body, dict)
+                and "prompt_id" in (exchange.get("response_body") or {})):
             self.prompt_ids[exchange["response_body"]["prompt_id"]] = body["prompt_id"]
+            self.numbers[body["prompt_id"]] = body["number"]
         self.exchanges.append(Exchange(exchange, response.status_code, response.headers, body))
 
     # --- run -----------------------------------------------------------------------------------
@@ -276,7 +290,7 @@ class Replayer:
             if items and all(isinstance(i, str) for i in items):
                 return ["scalars:" + ",".join(sorted(set(items)))]
             return items
-        if key in STRICT_KEYS and isinstance(value, (str, bool)):
+        if key in self.strict_keys and isinstance(value, (str, bool)):
             return f"{type(value).__name__}={value!r}"
         return type(value).__name__
 
@@ -377,7 +391,8 @@ def _keyless(message: dict[str, Any]) -> Any:
     return data
 
 
-def replay(scenario: dict[str, Any], base_url: str) -> Replayer:
-    replayer = Replayer(scenario, base_url)
+def replay(scenario: dict[str, Any], base_url: str,
+           strict_keys: frozenset[str] | set[str] = STRICT_KEYS) -> Replayer:
+    replayer = Replayer(scenario, base_url, strict_keys)
     asyncio.run(replayer.run())
     return replayer

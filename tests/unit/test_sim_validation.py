@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from comfy_service.comfyui.validation import PromptCrash, validate_prompt
 from comfyui_sim import catalog
-from comfyui_sim.validation import PromptCrash, validate_prompt
 from tests.conftest import SHARED
 
 CLASSES = catalog.node_classes(catalog.ModelInventory({"checkpoints": ("model.safetensors",)}))

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from comfy_service.comfyui.validation import validate_prompt
 from comfy_service.templates import FieldError, load_templates, render, resolve
 from comfyui_sim import catalog
-from comfyui_sim.validation import validate_prompt
 from tests.support.processes import ROOT
 
 TEMPLATES = load_templates()

@@ -72,19 +72,36 @@ json_field() { sed -n "s/^\t\"$1\": \"\(.*\)\",\{0,1\}\$/\1/p" | head -n1; }
 # json_origin_hash <json  -- the VCS commit from the "Origin" block, if any
 json_origin_hash() { sed -n 's/^\t\t"Hash": "\([0-9a-f]*\)",\{0,1\}$/\1/p' | head -n1; }
 
-# download MODULE@VERSION -> prints the JSON record (module cache is populated)
+# download MODULE@VERSION [PINNED_SUM] -> prints the JSON record (module cache is
+# populated). With PINNED_SUM the checksum database is skipped for this one module
+# (it has no entry for it) and the downloaded hash must equal the pin instead.
 download() {
-    local json
-    if ! json="$(cd "$cache_root" && go mod download -json "$1")"; then
+    local json nosumdb=""
+    [ -z "${2:-}" ] || nosumdb="${1%@*}"
+    if ! json="$(cd "$cache_root" && GONOSUMDB="$nosumdb" go mod download -json "$1")"; then
         printf '%s\n' "$json" >&2
         die "go mod download $1 failed (is the Go module proxy reachable? GOPROXY=$(go env GOPROXY))"
+    fi
+    if [ -n "${2:-}" ]; then
+        local sum
+        sum="$(json_field Sum <<<"$json")"
+        [ "$sum" = "$2" ] || die "$1: downloaded hash $sum does not match the pinned $2 (tools/agents/versions.env)"
     fi
     printf '%s\n' "$json"
 }
 
-# build NAME MODULE VERSION "SUB@VER ..." "TAGS" COMMIT CGO
+# pinned_sum SUB@VER "SUB@VER=h1:... ..." -> the pinned hash for that module, if any
+pinned_sum() {
+    local pin
+    for pin in $2; do
+        [ "${pin%%=*}" = "$1" ] && { printf '%s' "${pin#*=}"; return; }
+    done
+    return 0
+}
+
+# build NAME MODULE VERSION "SUB@VER ..." "TAGS" COMMIT CGO "SUB@VER=h1:... ..."
 build() {
-    local name="$1" module="$2" version="$3" submods="$4" tags="$5" commit="$6" cgo="$7"
+    local name="$1" module="$2" version="$3" submods="$4" tags="$5" commit="$6" cgo="$7" pins="${8:-}"
     local out="$bin_dir/$name-$version"
     require_go
     use_scratch_caches
@@ -110,7 +127,7 @@ build() {
     for sm in $submods; do
         sub="${sm%@*}"
         sver="${sm#*@}"
-        sjson="$(download "$module/$sub@$sver")"
+        sjson="$(download "$module/$sub@$sver" "$(pinned_sum "$sm" "$pins")")"
         sdir="$(json_field Dir <<<"$sjson")"
         [ -n "$sdir" ] && [ -d "$sdir" ] || die "no source directory for $module/$sub@$sver"
         rm -rf "${work:?}/$sub"
@@ -154,7 +171,7 @@ resolve() {
     fi
     case "$name" in
         consul)
-            build consul github.com/hashicorp/consul "$CONSUL_VERSION" "$CONSUL_SUBMODULES" "" "${CONSUL_GIT_COMMIT:-}" 0
+            build consul github.com/hashicorp/consul "$CONSUL_VERSION" "$CONSUL_SUBMODULES" "" "${CONSUL_GIT_COMMIT:-}" 0 "${CONSUL_NOSUMDB_PINS:-}"
             ;;
         nomad)
             # cgo when a C compiler exists (exec driver's nsenter); raw_exec works without.

@@ -1,5 +1,8 @@
 """POST /prompt validation with the rules, order and error bodies of ComfyUI 0.3.64.
 
+The one body that changed in 0.33.0 (an unknown class_type) is chosen by the caller through
+`missing_node` (comfy_service.comfyui.versions picks it per server version).
+
 Pure: takes the submitted graph and the known node classes, returns what the server answers.
 Like the real server it normalises constant inputs in place (8 -> 8.0 for a FLOAT), which is why
 history shows converted values.
@@ -7,11 +10,11 @@ history shows converted values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfyui_sim.catalog import InputSpec, NodeClass
+from comfy_service.comfyui.object_info import InputSpec, NodeClass
 
 
 class PromptCrash(Exception):
@@ -45,6 +48,24 @@ def _prompt_error(kind: str, message: str, details: str) -> Validation:
     return Validation(ok=False, error=error, outputs=[], node_errors={})
 
 
+def missing_node_invalid_prompt(node_id: str, node: Mapping[str, Any]) -> dict[str, Any]:
+    """ComfyUI 0.3.64's error for a class_type it does not know."""
+    return {"type": "invalid_prompt",
+            "message": f"Cannot execute because node {node['class_type']} does not exist.",
+            "details": f"Node ID '#{node_id}'", "extra_info": {}}
+
+
+def missing_node_type(node_id: str, node: Mapping[str, Any]) -> dict[str, Any]:
+    """ComfyUI 0.33.0's error for a class_type it does not know (a custom node not installed)."""
+    class_type = node["class_type"]
+    meta = node.get("_meta")
+    title = meta.get("title", class_type) if isinstance(meta, dict) else class_type
+    return {"type": "missing_node_type",
+            "message": f"Node '{class_type}' not found. The custom node may not be installed.",
+            "details": f"Node ID '#{node_id}'",
+            "extra_info": {"node_id": str(node_id), "class_type": class_type, "node_title": title}}
+
+
 def _input_error(kind: str, message: str, details: str, **extra: Any) -> dict[str, Any]:
     return {"type": kind, "message": message, "details": details, "extra_info": extra}
 
@@ -58,6 +79,10 @@ def _types_compatible(received: Any, expected: Any) -> bool:
 
 
 _CONVERTERS: dict[str, Any] = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+# ComfyUI 0.33.0's V3 dynamic inputs: the server expands them into other inputs (autogrow
+# `images.image0`..., a dynamic combo's sub-inputs) or resolves their type from a link, by
+# rules no /object_info answer states fully. They are left for the server to check.
+DYNAMIC_V3_TYPES = frozenset({"COMFY_AUTOGROW_V3", "COMFY_DYNAMICCOMBO_V3", "COMFY_MATCHTYPE_V3"})
 
 
 class _Validator:
@@ -138,6 +163,8 @@ class _Validator:
         errors: list[dict[str, Any]] = []
         valid = True
         for spec in node_class.inputs.values():
+            if isinstance(spec.type, str) and spec.type in DYNAMIC_V3_TYPES:
+                continue
             if spec.name not in inputs:
                 if spec.required:
                     errors.append(_input_error("required_input_missing", "Required input is missing",
@@ -194,7 +221,9 @@ def _node_has_class_type(node: Any) -> bool:
 
 def validate_prompt(prompt: Any, classes: Mapping[str, NodeClass],
                     partial_targets: list[str] | None = None,
-                    file_exists: Any = lambda name: False) -> Validation:
+                    file_exists: Any = lambda name: False,
+                    missing_node: Callable[[str, Mapping[str, Any]], dict[str, Any]]
+                    = missing_node_invalid_prompt) -> Validation:
     """Validate an API-format graph; raises PromptCrash where the real server answers 500."""
     if not isinstance(prompt, dict):
         raise PromptCrash("prompt is not an object")
@@ -210,9 +239,7 @@ def validate_prompt(prompt: Any, classes: Mapping[str, NodeClass],
         except TypeError as exc:
             raise PromptCrash("class_type is not hashable") from exc
         if node_class is None:
-            return _prompt_error("invalid_prompt",
-                                 f"Cannot execute because node {class_type} does not exist.",
-                                 f"Node ID '#{node_id}'")
+            return Validation(ok=False, error=missing_node(node_id, node), outputs=[])
         if node_class.output_node and (partial_targets is None or node_id in partial_targets):
             outputs.append(node_id)
     if not outputs:

@@ -1,0 +1,1 @@
+"""Real Consul and Nomad agents: binary lookup and agent processes for local runs and tests."""

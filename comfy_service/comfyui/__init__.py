@@ -1,0 +1,1 @@
+"""ComfyUI's protocol rules (object_info, prompt validation), shared by gateway and simulator."""

@@ -1,0 +1,19 @@
+# ACL policy of the node sidecar (node_sidecar/): one per ComfyUI node, token in
+# CONSUL_HTTP_TOKEN.
+#
+# The sidecar registers the `comfyui` service on its local agent with two checks (HTTP on
+# ComfyUI's /queue, and a TTL it keeps passing), re-registers it when its Meta changes, updates
+# the TTL check, puts the service in maintenance while draining, and deregisters on SIGTERM.
+# All of that is authorised by service:write on the service: checks that carry a ServiceID need
+# no node:write, and the agent's catalog sync of the service needs no node rule either (the
+# agent's own token keeps its node entry). tests/test_consul_acl.py proves this policy is
+# enough on a real agent with default deny.
+
+# Only this name: a leaked sidecar token cannot announce any other service (not even
+# `comfyui-<suffix>`: `service` is an exact match, unlike `service_prefix`).
+service "comfyui" {
+  policy = "write"
+}
+
+# Nothing else. The sidecar reads nothing from Consul, so it gets no node, key or
+# service_prefix rules.
