@@ -65,3 +65,9 @@ clean:
 bench: $(STAMP) redis-server
 	@bash scripts/ensure-command.sh wrk wrk
 	$(BIN)/python scripts/bench.py $(BENCH)
+
+## The fault drill (docs/drill.md): faults of every kind under load, then no task lost or run
+## twice. Long by default; DRILL_ARGS="--short" is the run tests/test_drill.py makes.
+.PHONY: drill
+drill: $(STAMP) redis-server agents
+	$(BIN)/python scripts/drill.py $(DRILL_ARGS)

@@ -9,12 +9,12 @@ longer current (the task already moved to another node) is discarded.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from actors import tasks
 from actors.node_link import LOST, NodeLink
@@ -74,12 +74,23 @@ class TaskRun:
 
     # --- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
+        try:
+            await self._run()
+        except RedisError as exc:  # raised while handling an outcome: the lease decides
+            event(log, "task.store_unreachable", logging.WARNING, task_id=self.task_id,
+                  reason=f"{type(exc).__name__}: {exc}", then="adoption after the lease")
+
+    async def _run(self) -> None:
         store, started = self.ctx.store, time.monotonic()
         messages = self._messages = self.link.follow(self.task_id)
-        outcome = "released"
+        # Until an outcome is known and recorded, the slot and lease stay: if recording it
+        # fails (Redis away), the lease lapses and a worker adopts the task, never a task
+        # left with no slot, no lease and no end.
+        outcome = "handed-off"
         try:
             record = await store.get(self.task_id)
             if record is None or record.final:
+                outcome = "released"
                 return
             if self.adopted:
                 self.attempt = record.attempts
@@ -91,6 +102,7 @@ class TaskRun:
                     record = await store.update(self.task_id,
                                                 lambda r: tasks.bound(r, self.link.name))
                 except tasks.InvalidTransition:
+                    outcome = "released"
                     return
                 assert record is not None
                 self.attempt = record.attempts
@@ -109,6 +121,12 @@ class TaskRun:
         except asyncio.CancelledError:
             outcome = "handed-off"  # worker shutting down: the lease lapses, another adopts
             raise
+        except RedisError as exc:
+            # Redis restarting or out of reach: what we would write may not land, so neither
+            # fail the task nor free its slot here; its lease lapses and a worker adopts it and
+            # finds out from the node where it stands (as after a worker crash).
+            event(log, "task.store_unreachable", logging.WARNING, task_id=self.task_id,
+                  reason=f"{type(exc).__name__}: {exc}", then="adoption after the lease")
         except Exception as exc:  # a bug must not leave the task hanging: fail it with a reason
             event(log, "task.crashed", logging.ERROR, exc_info=True, task_id=self.task_id)
             outcome = await self._fail(TaskFailure(f"internal error: {type(exc).__name__}"))
@@ -253,18 +271,16 @@ class TaskRun:
         images = [image for node_id in record.graph
                   for image in (entry.get("outputs", {}).get(node_id) or {}).get("images", [])
                   if image.get("type", "output") == "output"]
+        settings = self.ctx.settings
         for index, image in enumerate(images):
-            data = await self.link.http.download(image)
-            path = output_path(self.ctx.settings.output_dir, self.task_id, index, image["filename"])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-            partial.write_bytes(data)
-            os.replace(partial, path)
+            path = output_path(settings.output_dir, self.task_id, index, image["filename"])
+            saved = await self.link.http.download(image, path, settings.max_output_bytes,
+                                                  settings.output_timeout_s)
             outputs.append({"index": index, "filename": image["filename"],
-                            "url": f"{self.ctx.settings.public_url}/api/v1/tasks/{self.task_id}"
+                            "url": f"{settings.public_url}/api/v1/tasks/{self.task_id}"
                                    f"/outputs/{index}",
                             "content_type": CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
-                            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+                            "bytes": saved.size, "sha256": saved.sha256})
         await self._update(lambda r: tasks.succeeded(r, outputs, tasks.utc_now()))
         metrics.TASKS_FINISHED.labels(status="succeeded").inc()
         event(log, "task.succeeded", task_id=self.task_id, node=self.link.name,

@@ -57,6 +57,26 @@ return 1
 """
 
 
+# KEYS task record, accepted set, owner's in-flight set ("" without an owner), idempotency key
+# ("" without one); ARGV record JSON, task id, now (ms), cap (0: none), idempotency answer, its
+# TTL (s). {1, ''} stored; {0, ''} refused by the cap; {0, answer} the key's earlier answer.
+_CREATE = """
+if KEYS[4] ~= '' then
+  local earlier = redis.call('GET', KEYS[4])
+  if earlier then return {0, earlier} end
+end
+if KEYS[3] ~= '' then
+  local cap = tonumber(ARGV[4])
+  if cap > 0 and redis.call('ZCARD', KEYS[3]) >= cap then return {0, ''} end
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+end
+if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return {1, ''}
+"""
+
+
 def acceptance_sequence() -> int:
     """First come, first served within a priority, by acceptance time (no Redis round trip;
     gateways on several hosts agree to within their clock skew)."""
@@ -84,17 +104,28 @@ class TaskStore:
         self._bind = redis.register_script(_BIND)
         self._adopt = redis.register_script(_ADOPT)
         self._admit = redis.register_script(ADMIT_LUA)
+        self._create = redis.register_script(_CREATE)
 
     @staticmethod
     def key(task_id: str) -> str:
         return c.TASK_KEY.format(task_id=task_id)
 
-    async def create(self, record: TaskRecord) -> None:
-        """Store a new task and note it as accepted until admission takes it (see sweep)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.key(record.task_id), json.dumps(record.to_dict()))
-            pipe.zadd(c.ACCEPTED_KEY, {record.task_id: now_ms()})
-            await pipe.execute()
+    async def create(self, record: TaskRecord, max_active: int = 0,
+                     idempotency: tuple[str, str] | None = None) -> tuple[bool, str | None]:
+        """Store a new task, atomically: note it as accepted until admission takes it (see
+        sweep); with an owner, among its tasks in flight, refused (False) when the owner
+        already has `max_active` (> 0) of them; with `idempotency` (Redis key, answer to
+        replay), that answer too, unless the key holds one already: then nothing is stored and
+        that earlier answer comes back instead."""
+        active = c.ACTIVE_KEY.format(tenant=record.owner) if record.owner else ""
+        idem_key, answer = idempotency or ("", "")
+        created, earlier = await self._create(
+            keys=[self.key(record.task_id), c.ACCEPTED_KEY, active, idem_key],
+            args=[json.dumps(record.to_dict()), record.task_id, now_ms(), max_active, answer,
+                  self.ttl_s])
+        if earlier:
+            return False, earlier.decode() if isinstance(earlier, bytes) else str(earlier)
+        return bool(int(created)), None
 
     async def unadmitted(self, older_than_s: float, limit: int = 100) -> list[str]:
         """Accepted tasks no admission message has taken after a while (the gateway died
@@ -124,6 +155,8 @@ class TaskStore:
                     pipe.multi()  # type: ignore[no-untyped-call]
                     if new.final:
                         pipe.set(key, json.dumps(new.to_dict()), ex=self.ttl_s)
+                        if new.owner:  # no longer counts against its key's cap
+                            pipe.zrem(c.ACTIVE_KEY.format(tenant=new.owner), task_id)
                     else:
                         pipe.set(key, json.dumps(new.to_dict()))
                     await pipe.execute()

@@ -45,6 +45,7 @@ class TaskRecord:
     cancel_requested: bool = False
     request_id: str | None = None
     sequence: int = 0  # acceptance order: first come, first served within a priority
+    owner: str | None = None  # tenant id of the API key that created it (None: no auth)
 
     @property
     def final(self) -> bool:

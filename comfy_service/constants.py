@@ -12,6 +12,8 @@ BOUND_KEY = KEY_PREFIX + "bound"                     # HASH task id -> node hold
 ACCEPTED_KEY = KEY_PREFIX + "accepted"               # ZSET task id -> accepted at (ms), until admitted
 NODES_KEY = KEY_PREFIX + "nodes"                     # HASH node -> JSON health/load snapshot
 OBJECT_INFO_KEY = KEY_PREFIX + "object_info"         # HASH node -> JSON /object_info
+RATE_KEY = KEY_PREFIX + "rate:{tenant}"             # HASH token bucket of an API key
+ACTIVE_KEY = KEY_PREFIX + "active:{tenant}"         # ZSET an API key's tasks not yet final
 CANCEL_CHANNEL = KEY_PREFIX + "cancel"               # pub/sub: task ids to cancel
 WAKE_CHANNEL = KEY_PREFIX + "wake"                   # pub/sub: new ready work
 

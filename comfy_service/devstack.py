@@ -37,11 +37,14 @@ class StackSettings:
     run_dir: pathlib.Path
     redis_url: str | None
     redis_port: int
+    redis_port_set: bool
     comfyui_urls: tuple[str, ...]
     sim_nodes: int
     sim_step_ms: float
     sim_base_port: int
+    sim_base_port_set: bool
     api_port: int
+    api_port_set: bool
     mesh: str
     environ: Mapping[str, str]
 
@@ -52,25 +55,51 @@ class StackSettings:
         return cls(run_dir=pathlib.Path(environ.get("RUN_DIR", ".run")).resolve(),
                    redis_url=environ.get("REDIS_URL") or None,
                    redis_port=int(environ.get("REDIS_PORT", "6379")),
+                   redis_port_set=bool(environ.get("REDIS_PORT")),
                    comfyui_urls=urls,
                    sim_nodes=int(environ.get("SIM_NODES", "2")),
                    sim_step_ms=float(environ.get("SIM_STEP_MS", "50")),
                    sim_base_port=int(environ.get("SIM_BASE_PORT", "8188")),
+                   sim_base_port_set=bool(environ.get("SIM_BASE_PORT")),
                    api_port=int(environ.get("API_PORT", "8080")),
+                   api_port_set=bool(environ.get("API_PORT")),
                    mesh=environ.get("MESH", "static").lower(),
                    environ=dict(environ))
 
 
-def port_or_free(preferred: int) -> int:
-    """The preferred loopback port when it is free (0 means any), else one the OS picks."""
-    for candidate in (preferred, 0) if preferred else (0,):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise RuntimeError("no free loopback port")
+class PortTaken(SystemExit):
+    """A port the user chose is in use: `up` stops and says so rather than move elsewhere."""
+
+
+def _bindable(port: int) -> int | None:
+    """The port (the OS's pick for 0) if a listener could bind it now, else None.
+
+    SO_REUSEADDR, as uvicorn and redis-server set it: a port whose last connections are still
+    closing (TIME_WAIT, e.g. after a restart with keep-alive clients) is free for them too.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+        return int(sock.getsockname()[1])
+
+
+def pick_port(preferred: int, chosen_by_user: bool, what: str) -> int:
+    """A port the user set is used or refused; only a default may give way to a free one."""
+    if preferred == 0:
+        chosen_by_user = False
+    port = _bindable(preferred)
+    if port is not None:
+        return port
+    if chosen_by_user:
+        raise PortTaken(f"{what} port {preferred} is in use by another process; stop it or "
+                        f"choose another port")
+    fallback = _bindable(0)
+    if fallback is None:
+        raise RuntimeError("no free loopback port")
+    return fallback
 
 
 def redis_server_binary() -> tuple[str, str]:
@@ -127,10 +156,10 @@ class Stack:
             self.lines.append(f"redis      {settings.redis_url} (REDIS_URL, not started here)")
         if settings.mesh == "nomad":
             self.cluster = NomadCluster(settings.run_dir, settings.environ)
+            api_port = pick_port(settings.api_port, settings.api_port_set, "API_PORT")
             self.api_url = start_cluster(
-                self.cluster, redis_url, port_or_free(settings.api_port), settings.sim_nodes,
-                settings.sim_step_ms, settings.run_dir / "outputs",
-                settings.environ.get("API_KEYS", ""))
+                self.cluster, redis_url, api_port, settings.sim_nodes, settings.sim_step_ms,
+                settings.run_dir / "outputs", settings.environ.get("API_KEYS", ""))
             self.lines[1:1] = self.cluster.lines
             self.lines.append(f"gateway    {self.api_url}  (REST API v1: POST "
                               f"{self.api_url}/api/v1/generate)")
@@ -138,7 +167,7 @@ class Stack:
         urls = list(settings.comfyui_urls) or self._start_sims()
         for url in settings.comfyui_urls:
             self.lines.append(f"comfyui    {url} (COMFYUI_URLS, not started here)")
-        api_port = port_or_free(settings.api_port)
+        api_port = pick_port(settings.api_port, settings.api_port_set, "API_PORT")
         env = {**settings.environ, "REDIS_URL": redis_url, "COMFYUI_URLS": ",".join(urls),
                "API_PORT": str(api_port),
                "OUTPUT_DIR": settings.environ.get("OUTPUT_DIR", str(settings.run_dir / "outputs"))}
@@ -182,7 +211,7 @@ class Stack:
     def _start_redis(self) -> str:
         settings = self.settings
         binary, origin = redis_server_binary()
-        port = port_or_free(settings.redis_port)
+        port = pick_port(settings.redis_port, settings.redis_port_set, "REDIS_PORT")
         data = settings.run_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
         self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
@@ -197,7 +226,8 @@ class Stack:
         urls = []
         port = settings.sim_base_port
         for index in range(settings.sim_nodes):
-            port = port_or_free(port)
+            # The first node's port is the user's if set; the next ones follow it
+            port = pick_port(port, settings.sim_base_port_set and index == 0, "SIM_BASE_PORT")
             base = settings.run_dir / f"sim-{index}"
             self._spawn(f"sim-{index}", [
                 sys.executable, "-m", "comfyui_sim", "--port", str(port),

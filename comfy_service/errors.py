@@ -73,6 +73,24 @@ class ValidationFailed(ServiceError):
     status, code = 422, "validation_error"
 
 
+class TooManyRequests(ServiceError):
+    """429: the caller must wait `retry_after_s` (sent as Retry-After) before trying again."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: float, details: Any = None) -> None:
+        super().__init__(message, details)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(TooManyRequests):
+    code = "rate_limited"
+
+
+class QuotaExceeded(TooManyRequests):
+    code = "quota_exceeded"
+
+
 class Unavailable(ServiceError):
     status, code = 503, "unavailable"
 
@@ -106,3 +124,9 @@ class InvalidWorkflow(TaskFailure):
 
 class TaskTimeout(TaskFailure):
     code = "timeout"
+
+
+class OutputTooLarge(TaskFailure):
+    """An output file on the node is bigger than MAX_OUTPUT_BYTES: not retried (it would be again)."""
+
+    code = "output_too_large"

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
 import json
 import logging
+import math
+import multiprocessing
+import os
 import re
 import secrets
+import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,27 +35,31 @@ from actors.broker import admit_message, build_broker
 from actors.store import TaskStore, acceptance_sequence
 from comfy_service import constants as c
 from comfy_service import metrics
+from comfy_service.comfyui.object_info import NodeClass, parse_object_info
 from comfy_service.errors import (
     IdempotencyConflict,
-    InvalidJson,
     MethodNotAllowed,
     OutputNotFound,
-    PayloadTooLarge,
     RouteNotFound,
     ServiceError,
     TaskFinished,
     TaskNotFound,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
-    UnsupportedMediaType,
 )
 from comfy_service.logs import event, request_id_var
 from comfy_service.outputs import output_path
 from comfy_service.settings import Settings
 from comfy_service.templates import Template, load_templates
+from gateway.body import read_json
 from gateway.generate import new_record, new_task_id, parse_generate
+from gateway.openapi import endpoint as openapi_endpoint
+from gateway.quotas import UNLIMITED, Limits, RateLimiter, limits_for, over_quota, parse_key_limits
 
 log = logging.getLogger("gateway")
+
+CLASSES_TTL_S = 2.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -63,75 +73,83 @@ class Gateway:
                                              socket_connect_timeout=2)
         self.store = TaskStore(self.redis, settings.task_ttl_s)
         self.broker = build_broker(settings.redis_url)
+        self.rate_limiter = RateLimiter(self.redis)
+        self.default_limits = Limits(settings.rate_limit_per_s, settings.rate_limit_burst,
+                                     settings.max_active_tasks)
+        self.key_limits = parse_key_limits(settings.api_key_limits)
+        self._classes: Mapping[str, NodeClass] = {}
+        self._classes_at = -CLASSES_TTL_S
 
     async def close(self) -> None:
         await self.redis.aclose()
         self.broker.close()
 
     # --- request helpers -----------------------------------------------------------------------
-    def authorize(self, request: Request) -> None:
+    def authorize(self, request: Request) -> Caller:
+        """Who calls: their tenant (which key they hold) and limits; without keys, anyone."""
         if not self.settings.api_keys:
-            return
+            return Caller(None, UNLIMITED)
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         given = token.strip().encode()
         # Compare against every key, always, so timing says nothing about which one matched.
-        matched = False
+        matched: str | None = None
         for key in self.settings.api_keys:
-            matched |= hmac.compare_digest(given, key.encode())
-        if scheme.lower() != "bearer" or not matched:
+            if hmac.compare_digest(given, key.encode()):
+                matched = key
+        if scheme.lower() != "bearer" or matched is None:
             raise Unauthorized("missing or invalid API key: send Authorization: Bearer <key>")
+        return Caller(tenant_of(matched), limits_for(matched, self.default_limits,
+                                                     self.key_limits,
+                                                     self.settings.admin_api_keys))
 
-    async def read_json(self, request: Request) -> tuple[Any, bytes]:
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":
-            raise UnsupportedMediaType("send the body as application/json",
-                                       {"content_type": media_type or None})
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes", {"limit": limit})
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the body is larger than {limit} bytes", {"limit": limit})
-            chunks.append(chunk)
-        raw = b"".join(chunks)
-        try:
-            return json.loads(raw), raw
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidJson(f"the body is not valid JSON: {exc}") from exc
+    async def node_classes(self) -> Mapping[str, NodeClass]:
+        """What the healthy nodes can run (their /object_info), re-read at most every
+        CLASSES_TTL_S so the submit path stays cheap."""
+        if time.monotonic() - self._classes_at > CLASSES_TTL_S:
+            nodes = await self.store.nodes()
+            info = await self.store.object_info(
+                [name for name, snap in nodes.items() if snap.get("healthy")])
+            self._classes, self._classes_at = parse_object_info(info), time.monotonic()
+        return self._classes
+
+    async def admit_request(self, request: Request) -> Caller:
+        """Authorize, then take a token from the caller's request budget (429 past it)."""
+        caller = self.authorize(request)
+        if caller.tenant is not None:
+            await self.rate_limiter.check(caller.tenant, caller.limits)
+        return caller
 
     # --- handlers ------------------------------------------------------------------------------
     async def generate(self, request: Request) -> Response:
-        self.authorize(request)
-        body, _ = await self.read_json(request)
+        caller = await self.admit_request(request)
+        tenant = caller.tenant
+        body, _ = await read_json(request, self.settings.max_body_bytes)
         idempotency_key = request.headers.get(c.IDEMPOTENCY_HEADER)
+        if idempotency_key:  # scoped per tenant: one key's replays never reveal another's tasks
+            idempotency_key = f"{tenant or ''}:{idempotency_key}"
         body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         if idempotency_key:
             replay = await self._idempotent_replay(idempotency_key, body_hash)
             if replay is not None:
                 return replay
         task_id = new_task_id()
-        object_info: dict[str, Any] = {}
-        if isinstance(body, dict) and "workflow_json" in body:
-            nodes = await self.store.nodes()
-            object_info = await self.store.object_info(
-                [name for name, snap in nodes.items() if snap.get("healthy")])
-        parsed = parse_generate(body, self.templates, object_info,
+        parsed = parse_generate(body, self.templates, await self.node_classes(),
                                 lambda limit: secrets.randbelow(limit + 1), task_id)
-        record = new_record(parsed, task_id, request_id_var.get(), acceptance_sequence())
+        record = new_record(parsed, task_id, request_id_var.get(), acceptance_sequence(), tenant)
         answer = {"task_id": task_id, "status": tasks.QUEUED, "created_at": record.created_at}
+        idempotency = None
         if idempotency_key:
-            stored = json.dumps({"body_hash": body_hash, "answer": answer})
-            key = c.IDEMPOTENCY_KEY.format(key_hash=hashlib.sha256(
-                idempotency_key.encode()).hexdigest())
-            if not await self.redis.set(key, stored, nx=True, ex=self.settings.task_ttl_s):
-                replay = await self._idempotent_replay(idempotency_key, body_hash)
-                if replay is not None:
-                    return replay
-        await self.store.create(record)
+            idempotency = (self._idempotency_redis_key(idempotency_key),
+                           json.dumps({"body_hash": body_hash, "answer": answer}))
+        # One script stores the record, its idempotency answer and its place among the key's
+        # tasks in flight, or nothing: no answer can ever name a task that was not stored.
+        created, earlier = await self.store.create(record, caller.limits.max_active,
+                                                   idempotency)
+        if earlier is not None:  # the same key won a race with this request: replay it
+            return self._replay(earlier, body_hash)
+        if not created:
+            raise over_quota(caller.limits)
         self.broker.enqueue(admit_message(task_id))
         metrics.TASKS_SUBMITTED.labels(workflow=parsed.workflow or "custom").inc()
         event(log, "task.accepted", task_id=task_id, workflow=parsed.workflow or "custom",
@@ -139,11 +157,15 @@ class Gateway:
         return JSONResponse(answer, status_code=202,
                             headers={"Location": f"/api/v1/tasks/{task_id}"})
 
+    def _idempotency_redis_key(self, idempotency_key: str) -> str:
+        return c.IDEMPOTENCY_KEY.format(
+            key_hash=hashlib.sha256(idempotency_key.encode()).hexdigest())
+
     async def _idempotent_replay(self, idempotency_key: str, body_hash: str) -> Response | None:
-        key = c.IDEMPOTENCY_KEY.format(key_hash=hashlib.sha256(idempotency_key.encode()).hexdigest())
-        raw = await self.redis.get(key)
-        if raw is None:
-            return None
+        raw = await self.redis.get(self._idempotency_redis_key(idempotency_key))
+        return None if raw is None else self._replay(raw, body_hash)
+
+    def _replay(self, raw: str | bytes, body_hash: str) -> Response:
         stored = json.loads(raw)
         if stored["body_hash"] != body_hash:
             raise IdempotencyConflict("this Idempotency-Key was used with another body",
@@ -153,19 +175,21 @@ class Gateway:
                             headers={"Location": f"/api/v1/tasks/{answer['task_id']}"})
 
     async def get_task(self, request: Request) -> Response:
-        self.authorize(request)
-        record = await self._record(request.path_params["task_id"])
+        tenant = (await self.admit_request(request)).tenant
+        record = await self._record(request.path_params["task_id"], tenant)
         return JSONResponse(record.public())
 
-    async def _record(self, task_id: str) -> tasks.TaskRecord:
+    async def _record(self, task_id: str, tenant: str | None) -> tasks.TaskRecord:
         record = await self.store.get(task_id)
-        if record is None:
+        # Another tenant's task is answered exactly like a task that does not exist.
+        if record is None or not visible_to(record, tenant):
             raise TaskNotFound(f"no task {task_id!r} (unknown, or expired after its retention)")
         return record
 
     async def cancel_task(self, request: Request) -> Response:
-        self.authorize(request)
+        tenant = (await self.admit_request(request)).tenant
         task_id = request.path_params["task_id"]
+        await self._record(task_id, tenant)  # 404 unless the caller's
         ended_now = False
 
         def cancel(record: tasks.TaskRecord) -> tasks.TaskRecord:
@@ -184,8 +208,8 @@ class Gateway:
         return JSONResponse(record.public(), status_code=200 if ended_now else 202)
 
     async def get_output(self, request: Request) -> Response:
-        self.authorize(request)
-        record = await self._record(request.path_params["task_id"])
+        tenant = (await self.admit_request(request)).tenant
+        record = await self._record(request.path_params["task_id"], tenant)
         index = request.path_params["index"]
         if record.status != tasks.SUCCEEDED or not 0 <= index < len(record.outputs):
             raise OutputNotFound(f"task {record.task_id} has no output {index}",
@@ -198,13 +222,13 @@ class Gateway:
                             filename=output["filename"], content_disposition_type="inline")
 
     async def workflows(self, request: Request) -> Response:
-        self.authorize(request)
+        await self.admit_request(request)
         return JSONResponse({"workflows": [
             {"name": t.name, "description": t.description, "params": t.public_params()}
             for t in self.templates.values()]})
 
     async def nodes(self, request: Request) -> Response:
-        self.authorize(request)
+        await self.admit_request(request)
         snapshots = await self.store.nodes()
         return JSONResponse({"nodes": sorted(snapshots.values(), key=lambda n: n["name"])})
 
@@ -223,8 +247,39 @@ class Gateway:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+async def stop_when_orphaned(interval_s: float = 1.0) -> None:
+    """With API_WORKERS > 1 each worker process is uvicorn's child: if that supervisor is
+    SIGKILLed, stop (gracefully) instead of holding the port against the next gateway."""
+    # The supervisor's pid as multiprocessing recorded it at spawn: correct even when the
+    # supervisor died before this coroutine first ran.
+    spawned_by = multiprocessing.parent_process()
+    parent = spawned_by.pid if spawned_by is not None and spawned_by.pid else os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(interval_s)
+    event(log, "gateway.orphaned", logging.WARNING, parent=parent, effect="stopping")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def tenant_of(api_key: str) -> str:
+    """A stable, non-reversible id for an API key: what records and logs carry, never the key."""
+    return hashlib.sha256(b"comfy-service tenant:" + api_key.encode()).hexdigest()[:16]
+
+
+def visible_to(record: tasks.TaskRecord, tenant: str | None) -> bool:
+    """Keys see their own tasks; without keys (tenant None) everything is one tenant's."""
+    return tenant is None or record.owner == tenant
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str | None  # None: the service runs without API keys
+    limits: Limits
+
+
 def _error_response(error: ServiceError) -> JSONResponse:
-    return JSONResponse(error.as_body(), status_code=error.status)
+    headers = ({"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
+               if isinstance(error, TooManyRequests) else None)
+    return JSONResponse(error.as_body(), status_code=error.status, headers=headers)
 
 
 class RequestContext:
@@ -283,9 +338,12 @@ def create_app(settings: Settings, templates: dict[str, Template] | None = None)
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         event(log, "gateway.started", host=settings.api_host, port=settings.api_port,
               auth=bool(settings.api_keys))
+        watch = asyncio.create_task(stop_when_orphaned()) if settings.api_workers > 1 else None
         try:
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
             await gateway.close()
 
     async def service_error(request: Request, exc: Exception) -> Response:
@@ -313,6 +371,7 @@ def create_app(settings: Settings, templates: dict[str, Template] | None = None)
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", _guard(gateway.readyz), methods=["GET"]),
         Route("/metrics", gateway.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(gateway.templates, settings.max_body_bytes), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         ServiceError: service_error, HTTPException: http_error, Exception: unexpected})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -9,10 +10,11 @@ from typing import Any
 
 from actors.store import PRIORITY_LIMIT
 from actors.tasks import QUEUED, TaskRecord, utc_now
-from comfy_service.comfyui.object_info import parse_object_info
+from comfy_service.comfyui.object_info import NodeClass
 from comfy_service.comfyui.validation import PromptCrash, validate_prompt
 from comfy_service.errors import Unavailable, ValidationFailed, WorkflowNotFound
 from comfy_service.templates import FieldError, Template, looks_like_ui_format, render, resolve
+from gateway.limits import check_graph_shape
 
 DEFAULT_WORKFLOW = "txt2img"
 ALLOWED_KEYS = {"workflow", "params", "workflow_json", "priority", "timeout_s"}
@@ -32,6 +34,23 @@ def _fail(errors: list[FieldError]) -> ValidationFailed:
     return ValidationFailed("the request is not valid", {"fields": [e.as_dict() for e in errors]})
 
 
+def _non_finite(body: Mapping[str, Any]) -> list[FieldError]:
+    """NaN and +-Infinity anywhere in the body: Python's json reads them, but they are not JSON,
+    pass every bound check (NaN compares false), and no JSON encoder writes them back (a task
+    holding one answered GET with a 500 and failed on its node)."""
+    errors = []
+    stack: list[tuple[Any, str]] = [(value, key) for key, value in body.items()]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            errors.append(FieldError(where, "must be a finite number (NaN and Infinity are not JSON)"))
+        elif isinstance(item, dict):
+            stack.extend((value, f"{where}.{key}") for key, value in item.items())
+        elif isinstance(item, list):
+            stack.extend((value, f"{where}[{index}]") for index, value in enumerate(item))
+    return sorted(errors, key=lambda error: error.field)
+
+
 def _options(body: Mapping[str, Any]) -> tuple[int, float | None, list[FieldError]]:
     errors = []
     priority = body.get("priority", 0)
@@ -49,12 +68,14 @@ def _options(body: Mapping[str, Any]) -> tuple[int, float | None, list[FieldErro
 
 
 def parse_generate(body: Any, templates: Mapping[str, Template],
-                   cluster_object_info: dict[str, Any],
+                   classes: Mapping[str, NodeClass],
                    draw_seed: Callable[[int], int], task_id: str) -> GenerateRequest:
     """Check a generate body; raises ValidationFailed (422) or WorkflowNotFound (404)."""
     if not isinstance(body, dict):
         raise _fail([FieldError("body", "must be a JSON object")])
     errors = [FieldError(key, "unknown field") for key in sorted(set(body) - ALLOWED_KEYS)]
+    if not_finite := _non_finite(body):
+        raise _fail(errors + not_finite)
     priority, timeout_s, option_errors = _options(body)
     errors += option_errors
     if "workflow_json" in body:
@@ -63,10 +84,10 @@ def parse_generate(body: Any, templates: Mapping[str, Template],
                                                       "workflow_json, not both"))
         if errors:
             raise _fail(errors)
-        if not cluster_object_info:
+        if not classes:
             raise Unavailable("no healthy ComfyUI node has reported its node classes yet, so "
                               "workflow_json cannot be validated; retry shortly")
-        graph = check_custom_graph(body["workflow_json"], cluster_object_info)
+        graph = check_custom_graph(body["workflow_json"], classes)
         return GenerateRequest(None, None, graph, priority, timeout_s)
 
     name = body.get("workflow", DEFAULT_WORKFLOW)
@@ -82,10 +103,15 @@ def parse_generate(body: Any, templates: Mapping[str, Template],
     if errors:
         raise _fail(errors)
     graph = render(template, values, output_prefix=f"cs/{task_id}")
+    if classes:  # once nodes have reported: refuse what no node could run (a checkpoint none has)
+        result = validate_prompt(graph, classes)
+        if not result.ok or result.node_errors:
+            raise ValidationFailed("no ComfyUI node can run this workflow with these params",
+                                   {"error": result.error, "node_errors": result.node_errors})
     return GenerateRequest(name, values, graph, priority, timeout_s)
 
 
-def check_custom_graph(graph: Any, object_info: dict[str, Any]) -> dict[str, Any]:
+def check_custom_graph(graph: Any, classes: Mapping[str, NodeClass]) -> dict[str, Any]:
     """Validate an API-format graph against the node classes the cluster's nodes reported."""
     if looks_like_ui_format(graph):
         raise ValidationFailed(
@@ -94,8 +120,9 @@ def check_custom_graph(graph: Any, object_info: dict[str, Any]) -> dict[str, Any
             {"fields": [{"field": "workflow_json", "message": "UI format is not accepted"}]})
     if not isinstance(graph, dict) or not graph:
         raise _fail([FieldError("workflow_json", "must be a non-empty API-format graph object")])
+    check_graph_shape(graph)
     try:
-        result = validate_prompt(graph, parse_object_info(object_info))
+        result = validate_prompt(graph, classes)
     except PromptCrash as exc:
         raise _fail([FieldError("workflow_json", f"is not a valid API-format graph ({exc})")]) \
             from exc
@@ -106,11 +133,11 @@ def check_custom_graph(graph: Any, object_info: dict[str, Any]) -> dict[str, Any
 
 
 def new_record(request: GenerateRequest, task_id: str, request_id: str | None,
-               sequence: int) -> TaskRecord:
+               sequence: int, owner: str | None = None) -> TaskRecord:
     return TaskRecord(task_id=task_id, status=QUEUED, graph=request.graph, created_at=utc_now(),
                       workflow=request.workflow, params=request.params,
                       priority=request.priority, timeout_s=request.timeout_s,
-                      request_id=request_id, sequence=sequence)
+                      request_id=request_id, sequence=sequence, owner=owner)
 
 
 def new_task_id() -> str:

@@ -32,6 +32,7 @@ from node_sidecar.settings import SidecarSettings
 log = logging.getLogger("node_sidecar")
 
 GPU_UUID_WAIT_S = 60.0
+DRAIN_GONE_S = 5.0
 
 # Named after NVIDIA's DCGM exporter, so existing dashboards and alerts apply.
 GPU_UTIL = Gauge("DCGM_FI_DEV_GPU_UTIL", "GPU utilisation (%)", ["gpu", "UUID"])
@@ -90,12 +91,19 @@ class Sidecar:
         event(log, "sidecar.draining", service_id=self.service_id,
               timeout_s=settings.drain_timeout_s)
         empty_since: float | None = None
+        answered_at = time.monotonic()
         pause = threading.Event()
         while time.monotonic() - started < settings.drain_timeout_s:
             load = self.probe()
-            if load is None:
-                break  # ComfyUI is gone: nothing left to wait for
             now = time.monotonic()
+            if load is None:
+                # One slow answer from a busy ComfyUI is not the end of it; silence this long
+                # means it is gone and nothing is left to wait for.
+                if now - answered_at >= DRAIN_GONE_S:
+                    break
+                pause.wait(min(0.25, settings.probe_interval_s))
+                continue
+            answered_at = now
             if load.queue_running or load.queue_pending:
                 empty_since = None
             elif empty_since is None:

@@ -80,7 +80,7 @@ job "redis" {
         network_mode = "host"
         args = [
           "redis-server", "--port", "${NOMAD_PORT_redis}", "--bind", "${NOMAD_IP_redis}",
-          "--dir", "/data", "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+          "--dir", "/data", "--appendonly", "yes", "--appendfsync", "always", "--save", "",
         ]
       }
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import os
 import pathlib
 import platform
 import re
@@ -316,7 +317,7 @@ def bench_nomad(root: pathlib.Path) -> list[str]:
     to the node drained, replaced, and its replacement taking work."""
     from comfy_service.nomad_stack import NomadCluster, run_jobs
     redis = RedisProcess(root / "nomad-redis")
-    cluster = NomadCluster(root / "nomad", {})
+    cluster = NomadCluster(root / "nomad", dict(os.environ))
     rows = []
     try:
         cluster.start_agents()

@@ -23,11 +23,15 @@ import pytest
 import requests
 from nomad.api.exceptions import URLNotFoundNomadException
 
+from comfy_service.agents.binaries import REPO_ROOT
 from tests.agents_fixtures import (  # noqa: F401 - fixtures are used by name
+    AgentBinaryNotFound,
     ConsulAgent,
     NomadAgent,
+    agent_binary,
     consul_agent,
     consul_agent_factory,
+    consul_bin,
     free_ports,
     nomad_agent,
     nomad_agent_factory,
@@ -379,3 +383,29 @@ def test_nomad_server_only_agent_validates_and_plans(
     assert "Scheduler dry-run" in res.stdout
     with nomad_client(agent) as n:
         assert n.nodes.get_nodes() == []
+
+
+def test_binary_lookup_order_env_then_path_then_cache(tmp_path: Path, consul_bin: str) -> None:  # noqa: F811
+    # Given no consul on PATH and an empty cache, the lookup fails with the `make agents` hint
+    bare = {"PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "HOME": str(tmp_path)}
+    with pytest.raises(AgentBinaryNotFound, match="make agents"):
+        agent_binary("consul", bare)
+    assert not (tmp_path / "cache").exists(), "a lookup must not touch the cache"
+    # When the pinned build is in the cache, it is found there
+    cached = tmp_path / "cache" / "comfy-service" / "bin"
+    cached.mkdir(parents=True)
+    version = next(line.split("=", 1)[1] for line in
+                   (REPO_ROOT / "tools/agents/versions.env").read_text().splitlines()
+                   if line.startswith("CONSUL_VERSION="))
+    (cached / f"consul-{version}").symlink_to(consul_bin)
+    assert agent_binary("consul", bare) == str(cached / f"consul-{version}")
+    # And a binary on PATH wins over the cache, CONSUL_BIN over both
+    on_path = tmp_path / "path"
+    on_path.mkdir()
+    (on_path / "consul").symlink_to(consul_bin)
+    with_path = {**bare, "PATH": f"{on_path}:/usr/bin:/bin"}
+    assert agent_binary("consul", with_path) == str(on_path / "consul")
+    assert agent_binary("consul", {**with_path, "CONSUL_BIN": consul_bin}) == consul_bin
+    with pytest.raises(AgentBinaryNotFound, match="not an executable"):
+        agent_binary("consul", {**bare, "CONSUL_BIN": str(tmp_path / "nothing")})

@@ -122,3 +122,54 @@ def _argv_has(proc_dir: pathlib.Path, *words: str) -> bool:
     except OSError:
         return False
     return all(word in argv for word in words)
+
+
+def _time_wait_port() -> int:
+    """A loopback port whose only socket is in TIME_WAIT: the server closed a connection first,
+    as a gateway does to its keep-alive clients when it stops."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = int(listener.getsockname()[1])
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server side closes first, so its end waits in TIME_WAIT
+        client.recv(1)
+        client.close()
+    with socket.socket() as probe:  # what the old probe did: without SO_REUSEADDR it fails
+        with pytest.raises(OSError):
+            probe.bind(("127.0.0.1", port))
+    return port
+
+
+def test_a_port_the_user_set_is_used_even_with_connections_still_closing() -> None:
+    from comfy_service.devstack import pick_port
+    port = _time_wait_port()
+    assert pick_port(port, True, "API_PORT") == port
+
+
+def test_a_port_the_user_set_that_is_taken_stops_up_saying_why(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        env = {**os.environ, "RUN_DIR": str(tmp_path / "run"), "SIM_NODES": "1",
+               "SIM_BASE_PORT": "0", "REDIS_PORT": "0", "API_PORT": str(port), "MESH": "static"}
+        for key in ("COMFYUI_URLS", "REDIS_URL"):
+            env.pop(key, None)
+        done = subprocess.run([sys.executable, "-m", "comfy_service.cli", "up"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert f"API_PORT port {port} is in use" in done.stderr
+    assert "comfy-service is up" not in done.stdout
+
+
+def test_a_default_port_that_is_taken_gives_way_to_a_free_one() -> None:
+    from comfy_service.devstack import pick_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        chosen = pick_port(port, False, "API_PORT")
+    assert chosen not in (0, port)

@@ -92,17 +92,40 @@ def test_a_node_that_comes_back_receives_work(mesh_factory: Any) -> None:
     assert task["status"] == "succeeded" and mesh.node_of(task) == 0
 
 
-def test_dispatch_goes_on_while_consul_restarts(
+def test_dispatch_goes_on_while_consul_is_down_and_follows_it_once_back(
         tmp_path: pathlib.Path, consul_agent_factory: Any) -> None:  # noqa: F811
     consul = consul_agent_factory(persistent=True)
-    mesh = Mesh(tmp_path / "mesh", consul.url, nodes=2)
+    mesh = Mesh(tmp_path / "mesh", consul.url, nodes=2, gpu_utils=[20.0, 40.0])
     try:
-        before = mesh.stack.submit(slow_body(30))
-        consul.restart()
+        # Given a task running on a node the worker learnt of from Consul
+        before = mesh.stack.submit(slow_body(150))
+        mesh.stack.wait_task(before, ("running",))
+        worker_log = mesh.stack.workers[0].log_path
+        log_offset = worker_log.stat().st_size
+        # When the Consul agent stops, and the worker has found it unreachable
+        consul.stop()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{consul.url}/v1/status/leader", timeout=5)
+        wait_until(lambda: "discovery.consul_unreachable" in
+                   worker_log.read_bytes()[log_offset:].decode(errors="replace"),
+                   60, "the worker to log that Consul is unreachable")
+        # Then tasks submitted while it is down are bound and succeed, on the last good view
         during = [mesh.stack.submit(txt2img_body(steps=1, seed=i)) for i in range(3)]
         for task_id in [before, *during]:
-            assert mesh.stack.wait_task(task_id, timeout=60)["status"] == "succeeded"
-        mesh.wait_passing(2)  # and the sidecars are registered again
+            task = mesh.stack.wait_task(task_id, timeout=120)
+            assert task["status"] == "succeeded", (task, mesh.stack.logs())
+            assert task["node"] is not None
+        assert not consul.running  # all of the above happened with Consul down
+        # When Consul comes back and a new, least loaded node registers with it
+        consul.start()
+        mesh.wait_passing(2, timeout=60)
+        new = mesh.add_node(gpu_util=1.0)
+        mesh.wait_passing(3, timeout=60)
+        # Then the worker has subscribed again: it sees the new node and sends it work
+        mesh.stack.wait_nodes_healthy(3, timeout=120)
+        task = mesh.stack.wait_task(mesh.stack.submit(txt2img_body(steps=1, seed=9)),
+                                    timeout=120)
+        assert task["status"] == "succeeded" and mesh.node_of(task) == new, task
     finally:
         mesh.stop()
 

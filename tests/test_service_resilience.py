@@ -39,7 +39,9 @@ def sim_history(stack: Stack, index: int = 0) -> dict[str, Any]:
 
 
 def test_cancel_in_each_state(stack_factory: Any) -> None:
-    stack = stack_factory(nodes=1, step_ms=60)
+    # Steps of 200 ms: the long task runs for 30 s unless cancelled, longer than every
+    # deadline below, so it is still running when the test cancels it, however busy the machine
+    stack = stack_factory(nodes=1, step_ms=200)
     # Given a long task running, a second waiting in the node's own queue, a third not bound
     running = stack.submit(slow_body(150))
     stack.wait_task(running, ("running",))
@@ -125,7 +127,9 @@ def test_execution_errors_and_timeouts_fail_the_task(stack_factory: Any) -> None
 
 
 def test_higher_priority_runs_first_under_backlog(stack_factory: Any) -> None:
-    stack = stack_factory(nodes=1, step_ms=60, env={"NODE_SLOTS": "1"})
+    # Steps of 200 ms: the blocker holds the slot for 30 s unless cancelled, longer than the
+    # deadline for the backlog to be admitted, so it is still running when the test cancels it
+    stack = stack_factory(nodes=1, step_ms=200, env={"NODE_SLOTS": "1"})
     # Given the only slot busy with a long task, and a backlog of low then high priority
     blocker = stack.submit(slow_body(150))
     stack.wait_task(blocker, ("running",))
@@ -159,13 +163,33 @@ def test_a_long_task_does_not_hold_up_work_another_node_can_do(stack_factory: An
 
 
 def test_tasks_survive_a_gateway_restart(stack_factory: Any) -> None:
-    stack = stack_factory(nodes=1, step_ms=20)
-    task_id = stack.submit(slow_body(60))
-    stack.wait_task(task_id, ("running",))
-    assert stack.gateway is not None
-    stack.gateway.stop()
+    # Given a task accepted by the gateway, still waiting (no worker yet, so it cannot finish
+    # before the restart, however slow the machine)
+    stack = stack_factory(nodes=1, step_ms=20, workers=0)
+    task_id = stack.submit(txt2img_body(steps=2, seed=11))
+    accepted = stack.task(task_id)
+    assert accepted["status"] == "queued", accepted
+    old = stack.gateway
+    assert old is not None
+    # When the gateway process stops: it has exited and nothing answers on its port
+    old.stop()
+    assert old.proc.returncode is not None and not old.alive()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{stack.url}/healthz", timeout=5)
+    # And a new gateway process starts on the same port
     stack.start_gateway()
-    assert stack.wait_task(task_id)["status"] == "succeeded"
+    new = stack.gateway
+    assert new is not None and new is not old and new.alive()
+    assert new.proc.pid != old.proc.pid
+    # Then the new process serves the task the old one accepted, unchanged
+    assert stack.task(task_id) == accepted
+    # And once a worker runs, it succeeds, as does a task the new process accepts
+    stack.start_worker()
+    after = stack.submit(txt2img_body(steps=2, seed=12))
+    for task in (task_id, after):
+        done = stack.wait_task(task)
+        assert done["status"] == "succeeded" and len(done["outputs"]) == 1, (done, stack.logs())
+    assert stack.http.get(f"/api/v1/tasks/{task_id}/outputs/0").status_code == 200
 
 
 def test_a_task_whose_admission_message_was_lost_still_runs(stack_factory: Any) -> None:

@@ -1,58 +1,37 @@
-"""Where the Consul and Nomad binaries are: the one lookup, shared with tools/agents/build.sh.
+"""Where the Consul and Nomad binaries are: tools/agents/build.sh's lookup, the only one.
 
 Order: $CONSUL_BIN / $NOMAD_BIN, then `consul` / `nomad` on PATH, then
 ${XDG_CACHE_HOME:-~/.cache}/comfy-service/bin/<name>-<version> for the version pinned in
-tools/agents/versions.env (what `make agents` builds).
+tools/agents/versions.env (what `make agents` builds). Python asks the script
+(`build.sh --no-build <name>`), so the order and the pins live in one place.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VERSIONS_FILE = REPO_ROOT / "tools" / "agents" / "versions.env"
+BUILD_SCRIPT = REPO_ROOT / "tools" / "agents" / "build.sh"
+LOOKUP_TIMEOUT_S = 30.0
 
 
 class AgentBinaryNotFound(RuntimeError):
     """No consul/nomad binary could be located."""
 
 
-def pinned_versions() -> dict[str, str]:
-    """The KEY=VALUE pins of tools/agents/versions.env."""
-    values: dict[str, str] = {}
-    for line in VERSIONS_FILE.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        values[key.strip()] = value.strip().strip("\"'")
-    return values
-
-
-def cache_bin_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "comfy-service" / "bin"
-
-
 def agent_binary(name: str, environ: Mapping[str, str] = os.environ) -> str:
-    """Path of the `consul`/`nomad` binary, resolved like tools/agents/build.sh."""
-    var = f"{name.upper()}_BIN"
-    from_env = environ.get(var)
-    if from_env:
-        if os.path.isfile(from_env) and os.access(from_env, os.X_OK):
-            return from_env
-        raise AgentBinaryNotFound(f"${var}={from_env} is not an executable file")
-    on_path = shutil.which(name)
-    if on_path:
-        return on_path
-    version = pinned_versions()[f"{name.upper()}_VERSION"]
-    cached = cache_bin_dir(environ) / f"{name}-{version}"
-    if cached.is_file() and os.access(cached, os.X_OK):
-        return str(cached)
-    raise AgentBinaryNotFound(
-        f"no `{name}` binary: ${var} is unset, none on PATH and {cached} does not exist. "
-        "Run `make agents` (bash tools/agents/build.sh) to build the pinned consul/nomad."
-    )
+    """Path of the `consul`/`nomad` binary; never builds one (that is `make agents`)."""
+    done = subprocess.run(["bash", str(BUILD_SCRIPT), "--no-build", name], env=dict(environ),
+                          capture_output=True, text=True, timeout=LOOKUP_TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise AgentBinaryNotFound(done.stderr.strip().removeprefix("[agents] ")
+                                  or f"build.sh --no-build {name} exited {done.returncode}")
+    for line in done.stdout.splitlines():
+        found, _, path = line.partition(" ")
+        if found == name and path:
+            return path
+    raise AgentBinaryNotFound(f"build.sh --no-build {name} named no binary: {done.stdout!r}")

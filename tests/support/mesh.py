@@ -40,6 +40,8 @@ class Mesh:
                  env: dict[str, str] | None = None, gpu_utils: list[float] | None = None,
                  weights: list[float] | None = None) -> None:
         self.consul_url = consul_url
+        self.root = root
+        self.step_ms = step_ms
         self.service = f"comfyui-{uuid.uuid4().hex[:8]}"
         self.stack = Stack(root, nodes=nodes, step_ms=step_ms, workers=0, env={
             "DISCOVERY": "consul", "CONSUL_HTTP_ADDR": consul_url,
@@ -57,6 +59,15 @@ class Mesh:
         except BaseException:
             self.stop()  # a failed start must not leave processes behind
             raise
+
+    def add_node(self, gpu_util: float, weight: float = 1.0) -> int:
+        """Start one more sim with its sidecar (registering with Consul); returns its index."""
+        index = len(self.stack.sims)
+        sim = SimNodeProcess(self.root / f"sim{index}", step_ms=self.step_ms)
+        self.stack.sims.append(sim)  # from here on, stopping the mesh stops it too
+        self.sidecars.append(Sidecar(self.root, sim, self.consul_url, self.service,
+                                     f"node{index}", gpu_util, f"GPU-{index}", weight))
+        return index
 
     def passing(self) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = httpx.get(

@@ -41,7 +41,10 @@ class Stack:
             "COMFYUI_URLS": ",".join(s.url for s in self.sims),
             "OUTPUT_DIR": str(root / "outputs"), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
             "LEASE_TTL_S": "2", **(env or {})}
-        self.http = httpx.Client(base_url=self.url, timeout=10)
+        keys = [k for k in self.env.get("API_KEYS", "").split(",") if k]
+        # With keys configured, the helpers act as the first key's tenant.
+        self.http = httpx.Client(base_url=self.url, timeout=10, headers={
+            "Authorization": f"Bearer {keys[0]}"} if keys else None)
         self.start_gateway()
         for _ in range(workers):
             self.start_worker()

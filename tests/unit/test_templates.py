@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import pytest
@@ -30,15 +29,25 @@ def never_drawn(limit: int) -> int:
     raise AssertionError("no seed should be drawn when one is given")
 
 
+def golden_text(name: str) -> str:
+    """What the golden file of case `name` holds: its rendered graph, as stable JSON.
+
+    Only scripts/update_golden.py writes it: the test compares and never rewrites, so an
+    unintended change to a rendered graph always fails until someone updates on purpose.
+    """
+    values, errors = resolve(TEMPLATES[name], CASES[name], never_drawn)
+    assert errors == [], errors
+    graph = render(TEMPLATES[name], values, output_prefix="cs/task-1")
+    return json.dumps(graph, indent=1, sort_keys=True) + "\n"
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_rendered_graph_matches_its_golden_file(name: str) -> None:
-    values, errors = resolve(TEMPLATES[name], CASES[name], never_drawn)
-    assert errors == []
-    graph = render(TEMPLATES[name], values, output_prefix="cs/task-1")
     golden = GOLDEN / f"{name}.json"
-    if os.environ.get("UPDATE_GOLDEN"):
-        golden.write_text(json.dumps(graph, indent=1, sort_keys=True) + "\n")
-    assert graph == json.loads(golden.read_text())
+    hint = (f"if the change to {name}'s graph is intended, run "
+            "`.venv/bin/python scripts/update_golden.py` and review the diff")
+    assert golden.is_file(), f"{golden} is missing: {hint}"
+    assert json.loads(golden_text(name)) == json.loads(golden.read_text()), hint
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

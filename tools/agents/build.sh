@@ -22,7 +22,18 @@
 #
 # Output: for each binary a line "<name> <path>" followed by its `version`
 # output (indented), and an env file $cache/agents.env with CONSUL_BIN=/NOMAD_BIN=.
+#
+# `build.sh --no-build [consul|nomad ...]` only resolves (the one lookup, which
+# comfy_service/agents/binaries.py calls): it prints "<name> <path>" for each
+# name asked (default both) and exits 3, saying to run `make agents`, when one
+# would have to be built. It takes no lock and touches nothing in the cache.
 set -euo pipefail
+
+no_build=0
+if [ "${1:-}" = "--no-build" ]; then
+    no_build=1
+    shift
+fi
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -31,7 +42,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/comfy-service"
 bin_dir="$cache_root/bin"
 env_file="$cache_root/agents.env"
-mkdir -p "$bin_dir"
+[ "$no_build" = 1 ] || mkdir -p "$bin_dir"
 
 log() { printf '[agents] %s\n' "$*" >&2; }
 die() { printf '[agents] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -169,6 +180,11 @@ resolve() {
         RESOLVED="$cached"
         return
     fi
+    if [ "$no_build" = 1 ]; then
+        printf '[agents] no `%s` binary: $%s is unset, none on PATH and %s does not exist. Run `make agents` (bash tools/agents/build.sh) to build the pinned consul/nomad.\n' \
+            "$name" "$var" "$cached" >&2
+        exit 3
+    fi
     case "$name" in
         consul)
             build consul github.com/hashicorp/consul "$CONSUL_VERSION" "$CONSUL_SUBMODULES" "" "${CONSUL_GIT_COMMIT:-}" 0 "${CONSUL_NOSUMDB_PINS:-}"
@@ -182,6 +198,20 @@ resolve() {
     esac
     RESOLVED="$cached"
 }
+
+if [ "$no_build" = 1 ]; then
+    for name in "${@:-consul nomad}"; do
+        for one in $name; do
+            case "$one" in
+                consul) resolve consul CONSUL_BIN "$CONSUL_VERSION" ;;
+                nomad) resolve nomad NOMAD_BIN "$NOMAD_VERSION" ;;
+                *) die "unknown agent '$one' (consul or nomad)" ;;
+            esac
+            printf '%s %s\n' "$one" "$RESOLVED"
+        done
+    done
+    exit 0
+fi
 
 # Serialise concurrent runs (make -j, two shells) on the cache directory.
 if command -v flock >/dev/null 2>&1; then

@@ -1,0 +1,345 @@
+"""GET /openapi.json: the OpenAPI 3.1 document of REST API v1, built from the code's own data (pure).
+
+Error codes come from the error classes, the `params` schemas from the workflow templates, and
+the bounds from gateway/generate.py and gateway/limits.py, so the document cannot drift from
+what the handlers do; tests/unit/test_openapi.py checks the rest against the app's routes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from http import HTTPStatus
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from actors import tasks
+from actors.store import PRIORITY_LIMIT
+from comfy_service import constants as c
+from comfy_service.errors import CodedError, ServiceError, TaskFailure
+from comfy_service.templates import Template
+from gateway.generate import DEFAULT_WORKFLOW, MAX_TIMEOUT_S
+from gateway.limits import MAX_GRAPH_DEPTH, MAX_GRAPH_NODES, MAX_JSON_DEPTH
+
+OPENAPI_VERSION = "3.1.0"
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"  # gateway/app.py's _REQUEST_ID (a test pins it)
+TASK_STATUSES = [tasks.QUEUED, tasks.RUNNING, tasks.SUCCEEDED, tasks.FAILED, tasks.CANCELLED]
+# A bearer key when the service runs with API_KEYS, nothing otherwise.
+_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {}]
+_PUBLIC: list[dict[str, list[str]]] = []
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"oneOf": [{"type": "null"}, schema]}
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None,
+         **extra: Any) -> dict[str, Any]:
+    """A closed object: every answer's keys are known, so an unplanned key fails the fuzz."""
+    return {"type": "object", "properties": properties,
+            "required": list(properties) if required is None else required,
+            "additionalProperties": False, **extra}
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+def _subclasses(cls: type[CodedError]) -> Iterator[type[CodedError]]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def _raised(base: type[CodedError]) -> Iterator[type[CodedError]]:
+    """The base (raised as is for internal errors) and each subclass that names its own code;
+    a subclass without one (TooManyRequests) only groups others."""
+    yield base
+    yield from (cls for cls in _subclasses(base) if "code" in vars(cls))
+
+
+def error_codes() -> dict[int, list[str]]:
+    """Each HTTP status a ServiceError answers with, and the stable codes it can carry."""
+    by_status: dict[int, set[str]] = {}
+    for cls in _raised(ServiceError):
+        assert issubclass(cls, ServiceError)
+        by_status.setdefault(cls.status, set()).add(cls.code)
+    return {status: sorted(codes) for status, codes in sorted(by_status.items())}
+
+
+def task_error_codes() -> list[str]:
+    """The codes a failed task's `error` can carry."""
+    return sorted({cls.code for cls in _raised(TaskFailure)})
+
+
+def _error_schema(codes: list[str], what: str) -> dict[str, Any]:
+    return _obj({"error": _obj({
+        "code": {"type": "string", "enum": codes, "description": "Stable: never renamed."},
+        "message": {"type": "string", "description": "For people; may change."},
+        "details": {"description": f"{what}; null when there is nothing to add."}})})
+
+
+def _error_response(status: int) -> str:
+    return f"Error{status}"
+
+
+# --- request bodies ----------------------------------------------------------------------------
+
+def _scalar_schema(spec: Mapping[str, Any]) -> dict[str, Any]:
+    kind = spec["type"]
+    if kind == "enum":
+        return {"enum": list(spec["choices"])}
+    if kind not in ("string", "integer", "number"):
+        raise ValueError(f"unknown parameter type {kind!r}")
+    keywords = {"min_length": "minLength", "max_length": "maxLength", "pattern": "pattern",
+                "min": "minimum", "max": "maximum", "multiple_of": "multipleOf"}
+    return {"type": kind, **{keywords[k]: v for k, v in spec.items() if k in keywords}}
+
+
+def param_schema(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON Schema for one template parameter spec (comfy_service/templates.py's types)."""
+    notes = [spec.get("description", "")]
+    if spec["type"] == "list":
+        items = _obj({key: _scalar_schema(item) for key, item in spec["item"].items()})
+        schema: dict[str, Any] = {"type": "array", "items": items}
+        schema.update({k: spec[v] for k, v in (("minItems", "min_items"), ("maxItems", "max_items"))
+                       if v in spec})
+        if spec.get("unique"):
+            notes.append(f"Each item's `{spec['unique']}` must be unique.")
+        notes += [f"`{key}` must name an entry of `{item['ref']}`."
+                  for key, item in spec["item"].items() if "ref" in item]
+    else:
+        schema = _scalar_schema(spec)
+    if spec.get("random_default"):
+        notes.append("Absent: a random one is drawn and recorded in the task.")
+    elif not spec.get("required") and spec.get("default") is not None:
+        schema["default"] = spec["default"]
+    return {**schema, "description": " ".join(n for n in notes if n)}
+
+
+def params_schema(template: Template) -> dict[str, Any]:
+    return _obj({name: param_schema(spec) for name, spec in template.params.items()},
+                required=[name for name, spec in template.params.items() if spec.get("required")],
+                description=template.description)
+
+
+def _options() -> dict[str, Any]:
+    return {
+        "priority": {"type": "integer", "minimum": -PRIORITY_LIMIT, "maximum": PRIORITY_LIMIT,
+                     "default": 0, "description": "Higher runs first; FIFO within a priority."},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S,
+                      "description": "Execution time limit in seconds (default: the service's)."},
+    }
+
+
+def _component_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def generate_schemas(templates: Mapping[str, Template]) -> dict[str, dict[str, Any]]:
+    """The generate body's schemas: one per template (`workflow` selects it) and workflow_json."""
+    schemas: dict[str, dict[str, Any]] = {}
+    variants = []
+    for name, template in templates.items():
+        key = _component_name(name)
+        schemas[f"Params.{key}"] = params_schema(template)
+        required = ["params"] if schemas[f"Params.{key}"]["required"] else []
+        if name != DEFAULT_WORKFLOW:
+            required.insert(0, "workflow")
+        schemas[f"Generate.{key}"] = _obj(
+            {"workflow": {"const": name,
+                          "description": f"Template name (default {DEFAULT_WORKFLOW})."},
+             "params": _ref("schemas", f"Params.{key}"), **_options()},
+            required=required, title=f"workflow {name}")
+        variants.append(_ref("schemas", f"Generate.{key}"))
+    schemas["WorkflowJson"] = {
+        "type": "object", "minProperties": 1, "maxProperties": MAX_GRAPH_NODES,
+        "description": "An API-format ComfyUI graph ('Export (API)'), checked against the node "
+                       "classes the cluster's nodes report; links may chain at most "
+                       f"{MAX_GRAPH_DEPTH} nodes and may not form a cycle.",
+        "additionalProperties": {"type": "object", "required": ["class_type", "inputs"],
+                                 "properties": {"class_type": {"type": "string"},
+                                                "inputs": {"type": "object"}}}}
+    schemas["Generate.workflow_json"] = _obj(
+        {"workflow_json": _ref("schemas", "WorkflowJson"), **_options()},
+        required=["workflow_json"], title="workflow_json")
+    variants.append(_ref("schemas", "Generate.workflow_json"))
+    schemas["GenerateRequest"] = {
+        "anyOf": variants,
+        "description": f"A template with its params, or workflow_json. JSON nested at most "
+                       f"{MAX_JSON_DEPTH} deep."}
+    return schemas
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+def answer_schemas() -> dict[str, dict[str, Any]]:
+    string, integer, number = {"type": "string"}, {"type": "integer"}, {"type": "number"}
+    maybe = _nullable(string)
+    output = _obj({"index": integer, "filename": string, "url": string, "content_type": string,
+                   "bytes": integer, "sha256": string})
+    spec = {"type": "object", "required": ["type", "required", "default"],
+            "properties": {"type": {"enum": ["string", "integer", "number", "enum", "list"]},
+                           "required": {"type": "boolean"}, "default": {},
+                           "description": string}}
+    return {
+        "TaskAccepted": _obj({"task_id": string, "status": {"const": tasks.QUEUED},
+                              "created_at": string}),
+        "Task": _obj({
+            "task_id": string, "status": {"enum": TASK_STATUSES},
+            "workflow": _nullable({"type": "string", "description": "null for workflow_json"}),
+            "params": _nullable({"type": "object", "description": "With defaults filled in."}),
+            "node": maybe,
+            "progress": _nullable(_obj({"value": number, "max": number, "fraction": number})),
+            "attempts": {"type": "integer", "minimum": 0}, "created_at": string,
+            "started_at": maybe, "finished_at": maybe, "outputs": {"type": "array", "items": output},
+            "error": _nullable(_error_schema(task_error_codes(), "What ComfyUI said")["properties"]
+                               ["error"])}),
+        "Workflows": _obj({"workflows": {"type": "array", "items": _obj({
+            "name": string, "description": string,
+            "params": {"type": "object", "additionalProperties": spec}})}}),
+        "Nodes": _obj({"nodes": {"type": "array", "items": _obj({
+            "name": string, "url": string, "healthy": {"type": "boolean"}, "slots": integer,
+            "slots_used": integer, "queue_remaining": integer, "worker": string})}}),
+        "Health": _obj({"status": {"const": "ok"}}),
+        "Ready": _obj({"status": {"const": "ready"}, "redis": {"const": "ok"},
+                       "nodes_healthy": integer, "nodes_total": integer, "tasks_waiting": integer}),
+        "Error": _error_schema(sorted({code for codes in error_codes().values() for code in codes}),
+                               "Depends on the code"),
+    }
+
+
+def _json(schema: str, description: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description,
+            "headers": {REQUEST_ID_HEADER: _ref("headers", REQUEST_ID_HEADER), **headers},
+            "content": {"application/json": {"schema": _ref("schemas", schema)}}}
+
+
+def _operation(op_id: str, summary: str, ok: dict[str, Any], errors: tuple[int, ...],
+               security: list[dict[str, list[str]]], params: tuple[str, ...] = (),
+               **extra: Any) -> dict[str, Any]:
+    responses = {**ok, **{str(s): _ref("responses", _error_response(s)) for s in (*errors, 500)}}
+    parameters = [_ref("parameters", p) for p in (*params, REQUEST_ID_HEADER)]
+    return {"operationId": op_id, "summary": summary, "security": security,
+            "parameters": parameters, "responses": responses, **extra}
+
+
+def _paths() -> dict[str, dict[str, Any]]:
+    task = {"200": _json("Task", "The task.")}
+    guarded = (401, 429, 503)  # every call with a key is counted against its request rate
+    return {
+        "/api/v1/generate": {"post": _operation(
+            "generate", "Submit a task", {"202": _json(
+                "TaskAccepted", "Accepted (or the first answer again, for a repeated "
+                "Idempotency-Key and the same body).",
+                Location={"description": "/api/v1/tasks/{task_id}", "required": True,
+                          "schema": {"type": "string"}})},
+            (*guarded, 400, 404, 409, 413, 415, 422), _AUTH, (c.IDEMPOTENCY_HEADER,),
+            requestBody={"required": True, "content": {"application/json": {
+                "schema": _ref("schemas", "GenerateRequest")}}})},
+        "/api/v1/tasks/{task_id}": {
+            "get": _operation("getTask", "A task's state and outputs", task, (*guarded, 404),
+                              _AUTH, ("task_id",)),
+            "delete": _operation(
+                "cancelTask", "Cancel a task",
+                {"200": _json("Task", "Cancelled now (it was not executing yet)."),
+                 "202": _json("Task", "Running: being interrupted on its node.")},
+                # 405: a task_id holding "/outputs/<n>" routes to the outputs path (GET only)
+                (*guarded, 404, 405, 409), _AUTH, ("task_id",))},
+        "/api/v1/tasks/{task_id}/outputs/{index}": {"get": _operation(
+            "getOutput", "An output file of a succeeded task", {"200": {
+                "description": "The file, with the content type its record names.",
+                "headers": {REQUEST_ID_HEADER: _ref("headers", REQUEST_ID_HEADER)},
+                "content": {media: {"schema": {}}
+                            for media in ("image/*", "application/octet-stream")}}},
+            (*guarded, 404), _AUTH, ("task_id", "index"))},
+        "/api/v1/workflows": {"get": _operation(
+            "listWorkflows", "Templates and their typed parameters",
+            {"200": _json("Workflows", "The templates.")}, guarded, _AUTH)},
+        "/api/v1/nodes": {"get": _operation(
+            "listNodes", "Nodes as the workers see them", {"200": _json("Nodes", "The nodes.")},
+            guarded, _AUTH)},
+        "/healthz": {"get": _operation("healthz", "Liveness", {"200": _json("Health", "Alive.")},
+                                       (), _PUBLIC)},
+        "/readyz": {"get": _operation(
+            "readyz", "Readiness: Redis, nodes, waiting tasks", {"200": _json("Ready", "Ready.")},
+            (503,), _PUBLIC)},
+        "/metrics": {"get": _operation("metrics", "Prometheus metrics", {"200": {
+            "description": "Prometheus text format.",
+            "headers": {REQUEST_ID_HEADER: _ref("headers", REQUEST_ID_HEADER)},
+            "content": {"text/plain": {"schema": {"type": "string"}}}}}, (), _PUBLIC)},
+        "/openapi.json": {"get": _operation("openapi", "This document", {"200": {
+            "description": "OpenAPI 3.1.",
+            "headers": {REQUEST_ID_HEADER: _ref("headers", REQUEST_ID_HEADER)},
+            "content": {"application/json": {"schema": {"type": "object"}}}}}, (), _PUBLIC)},
+    }
+
+
+def _parameters() -> dict[str, dict[str, Any]]:
+    return {
+        "task_id": {"name": "task_id", "in": "path", "required": True,
+                    "schema": {"type": "string", "format": "uuid"},
+                    "description": "From the generate answer."},
+        "index": {"name": "index", "in": "path", "required": True,
+                  "schema": {"type": "integer", "minimum": 0},
+                  "description": "The output's index in the task's `outputs`."},
+        c.IDEMPOTENCY_HEADER: {
+            "name": c.IDEMPOTENCY_HEADER, "in": "header", "required": False,
+            "schema": {"type": "string"},
+            "description": "Replays the first answer for the same body (per API key); another "
+                           "body with the same key is a 409 idempotency_conflict."},
+        REQUEST_ID_HEADER: {
+            "name": REQUEST_ID_HEADER, "in": "header", "required": False,
+            "schema": {"type": "string"},
+            "description": f"Echoed back and logged when it matches {REQUEST_ID_PATTERN}; "
+                           "otherwise a new id is made."},
+    }
+
+
+def build_document(templates: Mapping[str, Template], max_body_bytes: int) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document for these templates and this body limit."""
+    codes = error_codes()
+    notes = {413: f" (bodies over {max_body_bytes} bytes)",
+             429: " (retry after Retry-After seconds)"}
+    retry_after = {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"},
+                                   "required": True, "description": "Seconds to wait."}}
+    responses = {_error_response(status): {
+        "description": f"{HTTPStatus(status).phrase}: " + ", ".join(codes[status])
+                       + notes.get(status, ""),
+        "headers": {REQUEST_ID_HEADER: _ref("headers", REQUEST_ID_HEADER),
+                    **(retry_after if status == 429 else {})},
+        "content": {"application/json": {"schema": _error_schema(codes[status],
+                                                                 "Depends on the code")}}}
+        for status in codes}
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "comfy-service", "version": "1",
+                 "description": "ComfyUI workflows as a stable, distributed service: REST API v1."},
+        "paths": _paths(),
+        "components": {
+            "schemas": {**generate_schemas(templates), **answer_schemas()},
+            "responses": responses,
+            "parameters": _parameters(),
+            "headers": {REQUEST_ID_HEADER: {"schema": {"type": "string"}, "required": True,
+                                            "description": "The request's id, as logged."}},
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API key; required only when the service runs with API_KEYS."}},
+        },
+    }
+
+
+def endpoint(templates: Mapping[str, Template], max_body_bytes: int
+             ) -> Callable[[Request], Awaitable[Response]]:
+    """The GET /openapi.json handler: the document, built once."""
+    body = json.dumps(build_document(templates, max_body_bytes)).encode()
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+    return openapi_json
