@@ -51,20 +51,6 @@ class ConsulAgent(Agent):
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "consul.hcl"
 
-    host = LOOPBACK
-
-    @property
-    def port(self) -> int:
-        return self.http_port
-
-    @property
-    def http_addr(self) -> str:
-        return f"{LOOPBACK}:{self.http_port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.http_addr}"
-
     def config_hcl(self) -> str:
         return f"""
 node_name            = "{self.node_name}"

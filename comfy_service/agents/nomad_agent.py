@@ -63,22 +63,6 @@ class NomadAgent(Agent):
         self.config_path = self.workdir / "nomad.hcl"
         self.node_id: str | None = None
 
-    host = LOOPBACK
-
-    @property
-    def port(self) -> int:
-        return self.http_port
-
-    @property
-    def addr(self) -> str:
-        return f"{LOOPBACK}:{self.http_port}"
-
-    http_addr = addr
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.addr}"
-
     def config_hcl(self) -> str:
         if self.consul_http_addr:
             consul = f"""

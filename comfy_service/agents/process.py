@@ -80,6 +80,21 @@ class Agent:
     stop_signal = signal.SIGINT
     start_timeout = 60.0
 
+    host = LOOPBACK
+    http_port: int  # set by each agent's __init__ (a free loopback port)
+
+    @property
+    def port(self) -> int:
+        return self.http_port
+
+    @property
+    def http_addr(self) -> str:
+        return f"{LOOPBACK}:{self.http_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.http_addr}"
+
     def __init__(self, binary: str, workdir: Path) -> None:
         self.binary = binary
         self.workdir = Path(workdir)

@@ -34,7 +34,13 @@ from comfy_service.agents.consul_agent import ConsulAgent
 from comfy_service.agents.process import remove_tree, short_tmpdir
 from comfy_service.polling import wait_until
 from tests.support.mesh import Sidecar
-from tests.support.processes import ROOT, SimNodeProcess, free_port, redis_server_binary
+from tests.support.processes import (
+    ROOT,
+    SimNodeProcess,
+    free_port,
+    redis_server_binary,
+    serving,
+)
 from tests.support.service import FINAL, txt2img_body
 
 START_TIMEOUT_S = 60.0  # a cold start on a loaded 2-core machine is the slow case
@@ -343,15 +349,8 @@ class Cluster:
         self.gateway = Proc("gateway", [sys.executable, "-m", "comfy_service.cli", "gateway"],
                             self.root / "gateway.log", self.env)
         gateway = self.gateway
-
-        def up() -> bool:
-            if not gateway.alive():
-                raise RuntimeError(f"gateway exited:\n{gateway.log_tail()}")
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_until(up, START_TIMEOUT_S, "the gateway to answer /healthz", interval=0.1)
+        wait_until(lambda: serving(gateway, f"{self.url}/healthz", "gateway"), START_TIMEOUT_S,
+                   "the gateway to answer /healthz", interval=0.1)
 
     # --- faults (each blocking; the drill runs them in a thread) ---
     def kill_worker(self, slot: int) -> str:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -26,6 +26,22 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class Watched(Protocol):
+    def alive(self) -> bool: ...
+
+    def log_tail(self, lines: int = ...) -> str: ...
+
+
+def serving(proc: Watched, url: str, what: str) -> bool:
+    """Readiness of a process we started: its URL answers 200; its death fails at once."""
+    if not proc.alive():
+        raise RuntimeError(f"{what} exited:\n{proc.log_tail()}")
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class ManagedProcess:
@@ -87,12 +103,7 @@ class SimNodeProcess(ManagedProcess):
             raise RuntimeError(f"comfyui_sim did not start:\n{self.log_tail()}") from None
 
     def _answers(self) -> bool:
-        if not self.alive():
-            raise RuntimeError(f"comfyui_sim exited:\n{self.log_tail()}")
-        try:
-            return httpx.get(f"{self.url}/queue", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return serving(self, f"{self.url}/queue", "comfyui_sim")
 
 
 def redis_server_binary() -> str:

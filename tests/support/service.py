@@ -10,7 +10,14 @@ from typing import Any
 
 import httpx
 
-from tests.support.processes import ManagedProcess, RedisProcess, SimNodeProcess, free_port, wait_until
+from tests.support.processes import (
+    ManagedProcess,
+    RedisProcess,
+    SimNodeProcess,
+    free_port,
+    serving,
+    wait_until,
+)
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -62,12 +69,7 @@ class Stack:
 
     def _gateway_up(self) -> bool:
         assert self.gateway is not None
-        if not self.gateway.alive():
-            raise RuntimeError(f"gateway exited:\n{self.gateway.log_tail()}")
-        try:
-            return self.http.get("/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return serving(self.gateway, f"{self.url}/healthz", "gateway")
 
     def start_worker(self, extra_env: dict[str, str] | None = None) -> ManagedProcess:
         index = len(self.workers)
