@@ -22,7 +22,7 @@ from comfyui_sim.messages import Hub
 from comfyui_sim.nodes import BEHAVIOURS, NodeOutput, not_simulated
 from comfyui_sim.prompt_queue import PromptQueue, QueueItem
 
-INTERRUPT_POLL_S = 0.02  # the probe nodes and samplers look at the interrupt flag this often
+INTERRUPT_POLL_S = 0.02  # probe nodes look at the interrupt flag this often (samplers: per step)
 
 
 class Interrupted(Exception):
@@ -91,10 +91,11 @@ class _Context:
         self.input_dir = executor.folders.input
         self.previews = executor.previews
 
-    async def pause(self, seconds: float) -> None:
+    async def pause(self, seconds: float, interruptible: bool = True) -> None:
         deadline = time.monotonic() + seconds
         while True:
-            self._executor.check_interrupt()
+            if interruptible:
+                self._executor.check_interrupt()
             await self._executor.faults.wait_while_hung()
             left = deadline - time.monotonic()
             if left <= 0:

@@ -29,7 +29,7 @@ class NodeContext(Protocol):
 
     async def progress(self, value: int, total: int, preview: bytes | None = None) -> None: ...
 
-    async def pause(self, seconds: float) -> None: ...
+    async def pause(self, seconds: float, interruptible: bool = True) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,10 @@ def behaviour(*class_names: str) -> Callable[[Behaviour], Behaviour]:
 async def _sample(ctx: NodeContext, steps: int, seed: int, positive: Conditioning,
                   latent: Latent, preview: bool) -> Latent:
     for step in range(1, steps + 1):
-        await ctx.pause(ctx.step_seconds)
+        # ComfyUI looks at the interrupt flag in its progress hook, as a step ends: a step under
+        # way finishes first (in the captures an interrupt took effect one step, 0.9 s, after
+        # its request, and a queue delete sent in that window still caught the next prompt).
+        await ctx.pause(ctx.step_seconds, interruptible=False)
         text = positive.texts[0] if positive.texts else ""
         frame = images.jpeg_preview(seed, text, step) if preview and ctx.previews else None
         await ctx.progress(step, steps, frame)
