@@ -5,7 +5,7 @@ PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# Go builds the Consul and Nomad agents when no binary is found (tools/agents/build.sh).
+# Go builds the Consul and Nomad agents and versitygw (S3) when no binary is found (tools/agents/build.sh).
 export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: up test venv redis-server agents lint bench clean
@@ -44,7 +44,7 @@ up: $(UP_DEPS)
 redis-server:
 	@bash scripts/ensure-command.sh redis-server redis-server
 
-## Real Consul and Nomad binaries for tests: found, or built once and cached (~/.cache).
+## Real Consul, Nomad and versitygw (S3 store) binaries for tests: found, or built once and cached (~/.cache).
 agents:
 	@bash tools/agents/build.sh
 

@@ -4,22 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import pathlib
-from dataclasses import dataclass
-from typing import IO, Any
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
-from comfy_service.errors import InvalidWorkflow, NodeLost, OutputTooLarge
+from comfy_service.errors import (
+    InputRejected,
+    InvalidWorkflow,
+    NodeLost,
+    OutputStoreFailed,
+    OutputTooLarge,
+)
+from comfy_service.storage import BlobStore, StoreFailure
 
-CHUNK_BYTES = 1024 * 1024  # one thread hop per MiB written: disk writes never block the loop
+CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Downloaded:
     size: int
     sha256: str
+
+
+@dataclass
+class _Tally:
+    size: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
 
 
 class ComfyClient:
@@ -81,37 +93,35 @@ class ComfyClient:
         stats: dict[str, Any] = (await self._request("GET", "/system_stats")).json()
         return stats
 
-    async def download(self, image: dict[str, str], dest: pathlib.Path, max_bytes: int,
-                       timeout_s: float) -> Downloaded:
-        """Stream an output file into `dest`, at most `max_bytes` and `timeout_s` in all.
-
-        It is written off the event loop under a temporary name and renamed only once complete,
-        so a partial file is never served; on any failure the temporary file is removed.
-        """
-        partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-        await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
-        # What an earlier attempt left when its worker was killed mid-download (one worker
-        # owns a task at a time, so any other partial file of this output is stale).
-        await asyncio.to_thread(_drop_stale_partials, dest)
-        handle = await asyncio.to_thread(open, partial, "wb")
+    async def copy_output(self, file: dict[str, str], store: BlobStore, key: str,
+                          content_type: str, max_bytes: int, timeout_s: float) -> Downloaded:
+        """Stream an output file from the node into the store under `key`: at most `max_bytes`
+        and `timeout_s` in all, never held whole in memory. On any failure the store keeps
+        nothing of it (the write is aborted), so a partial file is never served."""
+        tally = _Tally()
+        chunks = self._view(file, max_bytes, tally)
         try:
             async with asyncio.timeout(timeout_s):
-                saved = await self._stream_into(handle, image, max_bytes)
-            await asyncio.to_thread(_finish, handle, partial, dest)
+                await store.put(key, chunks, content_type)
         except TimeoutError as exc:
-            _discard(handle, partial)
-            raise NodeLost(f"downloading {image['filename']} from {self.base_url} took over "
+            raise NodeLost(f"copying {file['filename']} from {self.base_url} took over "
                            f"{timeout_s:g} s") from exc
-        except BaseException:
-            _discard(handle, partial)  # also on cancellation: close and unlink, both quick
-            raise
-        return saved
+        except StoreFailure as exc:
+            raise OutputStoreFailed(f"storing {file['filename']} failed: {exc}",
+                                    {"store": store.where}) from exc
+        finally:
+            # Close the stream here, on this loop, so its HTTP response is released now and not
+            # by a collector at exit (which aborted the process); one the store still awaits
+            # (cancelled mid-chunk) is closed when the store drops it.
+            if not getattr(chunks, "ag_running", False):  # an async generator object
+                await chunks.aclose()
+        return Downloaded(tally.size, tally.digest.hexdigest())
 
-    async def _stream_into(self, handle: IO[bytes], image: dict[str, str],
-                           max_bytes: int) -> Downloaded:
-        name, digest, size = image["filename"], hashlib.sha256(), 0
-        params = {"filename": name, "subfolder": image.get("subfolder", ""),
-                  "type": image.get("type", "output")}
+    async def _view(self, file: dict[str, str], max_bytes: int,
+                    tally: _Tally) -> AsyncGenerator[bytes, None]:
+        name = file["filename"]
+        params = {"filename": name, "subfolder": file.get("subfolder", ""),
+                  "type": file.get("type", "output")}
         try:
             async with self._http.stream("GET", "/view", params=params) as response:
                 if response.status_code != 200:
@@ -120,16 +130,31 @@ class ComfyClient:
                 if declared.isdigit() and int(declared) > max_bytes:
                     raise _too_large(name, max_bytes, int(declared))
                 async for chunk in response.aiter_bytes(CHUNK_BYTES):
-                    size += len(chunk)
-                    if size > max_bytes:  # no or a wrong Content-Length: count what arrives
-                        raise _too_large(name, max_bytes, size)
-                    await asyncio.to_thread(_write, handle, digest, chunk)
+                    tally.size += len(chunk)
+                    if tally.size > max_bytes:  # no or a wrong Content-Length: count it
+                        raise _too_large(name, max_bytes, tally.size)
+                    tally.digest.update(chunk)
+                    yield chunk
         except httpx.HTTPError as exc:
             raise NodeLost(f"{self.base_url} /view {name} failed: {type(exc).__name__}: {exc}"
                            ) from exc
         except RuntimeError as exc:
             raise self._closed(exc) from exc
-        return Downloaded(size, digest.hexdigest())
+
+    async def upload_input(self, name: str, subfolder: str, data: bytes,
+                           content_type: str) -> str:
+        """POST /upload/image (as ComfyUI's own editor does) into the node's input folder;
+        returns the value LoadImage takes for it."""
+        response = await self._request(
+            "POST", "/upload/image",
+            files={"image": (name, data, content_type)},
+            data={"type": "input", "subfolder": subfolder, "overwrite": "true"})
+        if response.status_code != 200:
+            raise InputRejected(f"the node refused the input file ({response.status_code})",
+                                {"status": response.status_code, "body": response.text[:300]})
+        body = response.json()
+        stored_as = f"{body.get('subfolder') or ''}/{body['name']}".lstrip("/")
+        return stored_as
 
     def _closed(self, exc: RuntimeError) -> Exception:
         """The link to the node stopped (it left the healthy set) while a request was on its
@@ -139,26 +164,6 @@ class ComfyClient:
         return exc
 
 
-def _drop_stale_partials(dest: pathlib.Path) -> None:
-    for stale in dest.parent.glob(f".{dest.name}.*.partial"):
-        stale.unlink(missing_ok=True)
-
-
 def _too_large(name: str, max_bytes: int, seen: int) -> OutputTooLarge:
     return OutputTooLarge(f"output {name} is larger than MAX_OUTPUT_BYTES ({max_bytes} bytes)",
                           {"filename": name, "max_bytes": max_bytes, "bytes_at_least": seen})
-
-
-def _write(handle: IO[bytes], digest: Any, chunk: bytes) -> None:
-    handle.write(chunk)
-    digest.update(chunk)
-
-
-def _finish(handle: IO[bytes], partial: pathlib.Path, dest: pathlib.Path) -> None:
-    handle.close()
-    os.replace(partial, dest)
-
-
-def _discard(handle: IO[bytes], partial: pathlib.Path) -> None:
-    handle.close()
-    partial.unlink(missing_ok=True)

@@ -17,22 +17,24 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from actors import tasks
+from actors.node_inputs import NodeInputs
 from actors.node_link import LOST, NodeLink
+from actors.retention import Retention
 from actors.store import TaskStore
 from actors.tasks import TaskRecord
 from comfy_service import metrics
 from comfy_service.errors import ExecutionError, NodeLost, TaskFailure, TaskTimeout
 from comfy_service.logs import event
-from comfy_service.outputs import output_path
+from comfy_service.media import output_type
+from comfy_service.outputs import output_files, output_key
 from comfy_service.settings import Settings
+from comfy_service.storage import BlobStore
 
 log = logging.getLogger("actors.execution")
 
 SILENCE_CHECK_S = 2.0      # no message for this long: look the prompt up in history
 ADOPTED_POLL_S = 0.25      # an adopted prompt reports to the dead worker's socket: poll
 PROGRESS_WRITE_S = 0.2     # at most this often a progress update is written to Redis
-CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-                 ".webp": "image/webp", ".gif": "image/gif"}
 
 
 class _Cancelled(Exception):
@@ -48,6 +50,9 @@ class WorkerContext:
     settings: Settings
     store: TaskStore
     links: dict[str, NodeLink]
+    blobs: BlobStore
+    retention: Retention
+    inputs: NodeInputs
     owned: dict[str, TaskRun] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -108,7 +113,7 @@ class TaskRun:
                 self.attempt = record.attempts
                 event(log, "task.bound", task_id=self.task_id, node=self.link.name,
                       attempt=self.attempt)
-                await self.link.http.submit(record.graph, self.task_id, self.link.client_id)
+                await self._submit(record)
                 outcome = await self._follow(record, messages, poll=False)
         except _StaleAttempt:
             outcome = "stale"
@@ -203,8 +208,14 @@ class TaskRun:
             record = await self._update(tasks.requeued)
             record = await self._update(lambda r: tasks.bound(r, self.link.name))
             self.attempt = record.attempts
-        await self.link.http.submit(record.graph, self.task_id, self.link.client_id)
+        await self._submit(record)
         return await self._follow(record, messages, poll=False)
+
+    async def _submit(self, record: TaskRecord) -> None:
+        """Upload the task's input files to this node (again on every attempt: a new node has
+        none of them), then submit the graph that reads them."""
+        graph = await self.ctx.inputs.stage(record, self.link.http)
+        await self.link.http.submit(graph, self.task_id, self.link.client_id)
 
     async def _from_history(self, entry: dict[str, Any]) -> str:
         status = entry.get("status") or {}
@@ -267,19 +278,21 @@ class TaskRun:
         record = await self.ctx.store.get(self.task_id)
         if record is None or record.attempts != self.attempt or record.node != self.link.name:
             raise _StaleAttempt()
+        settings, blobs = self.ctx.settings, self.ctx.blobs
+        files = output_files(entry.get("outputs") or {}, record.graph)
+        if files:  # noted before the first write: even a half-stored set is swept in the end
+            await self.ctx.retention.note("task", self.task_id, settings.task_ttl_s)
         outputs = []
-        images = [image for node_id in record.graph
-                  for image in (entry.get("outputs", {}).get(node_id) or {}).get("images", [])
-                  if image.get("type", "output") == "output"]
-        settings = self.ctx.settings
-        for index, image in enumerate(images):
-            path = output_path(settings.output_dir, self.task_id, index, image["filename"])
-            saved = await self.link.http.download(image, path, settings.max_output_bytes,
-                                                  settings.output_timeout_s)
-            outputs.append({"index": index, "filename": image["filename"],
+        for index, file in enumerate(files):
+            media = output_type(file["filename"])
+            saved = await self.link.http.copy_output(
+                file, blobs, output_key(self.task_id, index, file["filename"]),
+                media.content_type, settings.max_output_bytes, settings.output_timeout_s)
+            outputs.append({"index": index, "filename": file["filename"],
+                            "node_id": file["node_id"], "kind": media.kind,
                             "url": f"{settings.public_url}/api/v1/tasks/{self.task_id}"
                                    f"/outputs/{index}",
-                            "content_type": CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
+                            "content_type": media.content_type,
                             "bytes": saved.size, "sha256": saved.sha256})
         await self._update(lambda r: tasks.succeeded(r, outputs, tasks.utc_now()))
         metrics.TASKS_FINISHED.labels(status="succeeded").inc()

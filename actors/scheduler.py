@@ -18,12 +18,17 @@ from actors import tasks
 from actors.discovery import DiscoveredNode, static_nodes, watch_consul
 from actors.dispatch import Need, NodeView, choose_node, load_from_meta, need_of
 from actors.execution import TaskRun, WorkerContext
+from actors.node_inputs import NodeInputs
 from actors.node_link import NodeLink
+from actors.retention import BATCH as RETENTION_BATCH
+from actors.retention import Retention
 from actors.store import TaskStore
+from actors.uploads import UploadStore
 from comfy_service import constants as c
 from comfy_service import metrics
 from comfy_service.logs import event
 from comfy_service.settings import Settings
+from comfy_service.storage import BlobStore
 
 log = logging.getLogger("actors.scheduler")
 
@@ -33,15 +38,22 @@ LOOKAHEAD = 16             # ready tasks considered per binding (a task no free 
 SNAPSHOT_S = 1.0
 
 
+RETENTION_BATCHES_PER_ROUND = 10
+
+
 async def _never() -> None:
     await asyncio.Event().wait()
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, redis: aioredis.Redis, blobs: BlobStore) -> None:
         self.settings = settings
         self.redis = redis
-        self.ctx = WorkerContext(settings, TaskStore(redis, settings.task_ttl_s), {})
+        self.ctx = WorkerContext(
+            settings, TaskStore(redis, settings.task_ttl_s), {}, blobs,
+            Retention(redis, blobs, settings.task_ttl_s),
+            NodeInputs(UploadStore(redis, settings.upload_ttl_s), blobs,
+                       settings.max_upload_bytes))
         self._loops: list[asyncio.Task[Any]] = []
         self._info_published: set[str] = set()
         self._meta: dict[str, dict[str, object]] = {}
@@ -61,6 +73,7 @@ class Scheduler:
             ("fill", self._fill_forever()), ("leases", self._renew_forever()),
             ("adopt", self._adopt_forever()), ("pubsub", self._listen_forever()),
             ("sweep", self._sweep_forever()), ("discovery", discovery),
+            ("retention", self._retention_forever()),
             ("snapshots", self._snapshot_forever()))]
         event(log, "worker.started", worker=self.settings.worker_id, discovery=settings.discovery,
               nodes=list(self.ctx.links), slots=self.settings.node_slots)
@@ -237,6 +250,18 @@ class Scheduler:
                         self.ctx.wake.set()
             except Exception:
                 event(log, "worker.sweep_failed", logging.WARNING, exc_info=True)
+
+    async def _retention_forever(self) -> None:
+        """Delete the stored objects of expired tasks and uploads, a bounded batch at a time;
+        safe with several workers (see actors.retention)."""
+        while True:
+            await asyncio.sleep(self.settings.retention_interval_s)
+            try:
+                for _ in range(RETENTION_BATCHES_PER_ROUND):
+                    if (await self.ctx.retention.sweep()).claimed < RETENTION_BATCH:
+                        break
+            except Exception:
+                event(log, "worker.retention_failed", logging.WARNING, exc_info=True)
 
     async def _node_unknown(self, record: tasks.TaskRecord, node: str) -> None:
         """An orphan on a node this worker does not know (removed from the configuration):

@@ -17,6 +17,7 @@ from actors.scheduler import Scheduler
 from comfy_service import logs
 from comfy_service.logs import event
 from comfy_service.settings import Settings
+from comfy_service.storage import BlobStore, StoreMismatch, open_store
 
 log = logging.getLogger("actors.worker")
 
@@ -28,12 +29,35 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10,
                                     socket_connect_timeout=5, health_check_interval=10)
+    blobs = open_store(settings)
     try:
-        await Scheduler(settings, redis).run(stop)
+        if not await _store_checked(blobs, redis, stop):
+            return
+        event(log, "worker.store", kind=blobs.kind, where=blobs.where)
+        await Scheduler(settings, redis, blobs).run(stop)
     finally:
+        await blobs.aclose()
         await redis.aclose()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _store_checked(blobs: BlobStore, redis: aioredis.Redis, stop: asyncio.Event) -> bool:
+    """Wait until the store is shown to be the one the other processes use (False: stopped
+    first); a local directory that is not theirs ends the worker, saying why."""
+    check = asyncio.create_task(blobs.wait_shared(redis))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({check, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not check.done():
+        check.cancel()
+        return False
+    try:
+        check.result()
+    except StoreMismatch as exc:
+        event(log, "worker.store_mismatch", logging.ERROR, reason=str(exc))
+        raise SystemExit(str(exc)) from None
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

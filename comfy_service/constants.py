@@ -14,6 +14,9 @@ NODES_KEY = KEY_PREFIX + "nodes"                     # HASH node -> JSON health/
 OBJECT_INFO_KEY = KEY_PREFIX + "object_info"         # HASH node -> JSON /object_info
 RATE_KEY = KEY_PREFIX + "rate:{tenant}"             # HASH token bucket of an API key
 ACTIVE_KEY = KEY_PREFIX + "active:{tenant}"         # ZSET an API key's tasks not yet final
+UPLOAD_KEY = KEY_PREFIX + "upload:{upload_id}"       # JSON upload record (owner, type, size)
+RETENTION_KEY = KEY_PREFIX + "retention"             # ZSET "task:<id>"/"upload:<id>" -> next check (ms)
+STORE_ID_KEY = KEY_PREFIX + "store_id"               # the local store's directory id (see storage)
 CANCEL_CHANNEL = KEY_PREFIX + "cancel"               # pub/sub: task ids to cancel
 WAKE_CHANNEL = KEY_PREFIX + "wake"                   # pub/sub: new ready work
 

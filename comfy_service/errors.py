@@ -29,6 +29,10 @@ class InvalidJson(ServiceError):
     status, code = 400, "invalid_json"
 
 
+class InvalidMultipart(ServiceError):
+    status, code = 400, "invalid_multipart"
+
+
 class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
 
@@ -130,3 +134,21 @@ class OutputTooLarge(TaskFailure):
     """An output file on the node is bigger than MAX_OUTPUT_BYTES: not retried (it would be again)."""
 
     code = "output_too_large"
+
+
+class OutputStoreFailed(TaskFailure):
+    """The object store refused or could not take an output (after its own retries)."""
+
+    code = "store_error"
+
+
+class InputMissing(TaskFailure):
+    """An uploaded input the task names is gone (expired before the task ran): not retried."""
+
+    code = "input_missing"
+
+
+class InputRejected(TaskFailure):
+    """The node refused an input file at POST /upload/image: not retried."""
+
+    code = "input_rejected"

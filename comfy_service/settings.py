@@ -21,6 +21,20 @@ class Settings:
     api_port: int = 8080
     api_workers: int = 1
     output_dir: pathlib.Path = pathlib.Path(".run/outputs")
+    # Outputs and inputs: OUTPUT_STORE=local (OUTPUT_DIR, one machine or a shared volume) or
+    # s3 (any S3-compatible bucket; credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY).
+    output_store: str = "local"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key: str = field(default="", repr=False)
+    s3_secret_key: str = field(default="", repr=False)
+    presign_ttl_s: int = 0          # > 0: output downloads answer 302 to a presigned S3 URL
+    store_timeout_s: float = 30.0   # one store request (a whole transfer: OUTPUT_TIMEOUT_S)
+    max_upload_bytes: int = 20 * 1024 * 1024
+    upload_ttl_s: int = 7 * 24 * 3600
+    retention_interval_s: float = 60.0
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # admin keys included
     admin_api_keys: tuple[str, ...] = field(default=(), repr=False)
     # Per API key (0: unlimited): requests/s, bucket size, tasks queued or running at once.
@@ -57,6 +71,12 @@ class Settings:
         if discovery not in ("static", "consul"):
             raise ValueError("DISCOVERY must be static or consul")
         consul_addr = get("CONSUL_HTTP_ADDR", "127.0.0.1:8500")
+        output_store = get("OUTPUT_STORE", "local").lower()
+        if output_store not in ("local", "s3"):
+            raise ValueError("OUTPUT_STORE must be local or s3")
+        if output_store == "s3" and not get("S3_BUCKET"):
+            raise ValueError("OUTPUT_STORE=s3 needs S3_BUCKET")
+        task_ttl_s = int(get("TASK_TTL", str(cls.task_ttl_s)))
         return cls(
             redis_url=get("REDIS_URL", cls.redis_url),
             comfyui_urls=tuple(u.rstrip("/") for u in _csv(get("COMFYUI_URLS"))),
@@ -64,6 +84,19 @@ class Settings:
             api_port=int(get("API_PORT", str(cls.api_port))),
             api_workers=max(1, int(get("API_WORKERS", "1"))),
             output_dir=pathlib.Path(get("OUTPUT_DIR", str(cls.output_dir))).resolve(),
+            output_store=output_store,
+            s3_bucket=get("S3_BUCKET", ""),
+            s3_prefix=get("S3_PREFIX", "").strip("/"),
+            s3_endpoint=get("S3_ENDPOINT", "").rstrip("/"),
+            s3_region=get("S3_REGION") or get("AWS_REGION") or cls.s3_region,
+            s3_access_key=get("AWS_ACCESS_KEY_ID", ""),
+            s3_secret_key=get("AWS_SECRET_ACCESS_KEY", ""),
+            presign_ttl_s=max(0, int(get("PRESIGN_TTL_S", "0"))),
+            store_timeout_s=float(get("STORE_TIMEOUT_S", str(cls.store_timeout_s))),
+            max_upload_bytes=max(1, int(get("MAX_UPLOAD_BYTES", str(cls.max_upload_bytes)))),
+            upload_ttl_s=int(get("UPLOAD_TTL", str(task_ttl_s))),
+            retention_interval_s=float(get("RETENTION_INTERVAL_S",
+                                           str(cls.retention_interval_s))),
             api_keys=tuple(dict.fromkeys(_csv(get("API_KEYS")) + _csv(get("ADMIN_API_KEYS")))),
             admin_api_keys=_csv(get("ADMIN_API_KEYS")),
             rate_limit_per_s=max(0.0, float(get("RATE_LIMIT_PER_S", "0"))),
@@ -71,7 +104,7 @@ class Settings:
             max_active_tasks=max(0, int(get("MAX_ACTIVE_TASKS", "0"))),
             api_key_limits=get("API_KEY_LIMITS", ""),
             node_slots=max(1, int(get("NODE_SLOTS", str(cls.node_slots)))),
-            task_ttl_s=int(get("TASK_TTL", str(cls.task_ttl_s))),
+            task_ttl_s=task_ttl_s,
             max_attempts=max(1, int(get("MAX_ATTEMPTS", str(cls.max_attempts)))),
             default_timeout_s=float(get("DEFAULT_TIMEOUT_S", str(cls.default_timeout_s))),
             max_body_bytes=int(get("MAX_BODY_BYTES", str(cls.max_body_bytes))),

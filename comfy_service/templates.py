@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from comfy_service.inputs import upload_id_of
+
 WORKFLOWS_DIR = pathlib.Path(__file__).resolve().parent.parent / "workflows"
 
 
@@ -73,6 +75,10 @@ def _check_scalar(field: str, value: Any, spec: Mapping[str, Any]) -> tuple[Any,
             return None, f"must be at most {spec['max_length']} characters"
         if "pattern" in spec and not re.fullmatch(spec["pattern"], value):
             return None, "contains characters that are not allowed here (brackets, newlines, '#')"
+        return value, None
+    if kind == "image":
+        if not isinstance(value, str) or upload_id_of(value) is None:
+            return None, "must name an uploaded image as upload:<id> (POST /api/v1/uploads)"
         return value, None
     if kind == "enum":
         if value not in spec["choices"]:

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfy_service.comfyui.object_info import NodeClass
-from comfyui_sim import messages
+from comfyui_sim import (
+    media_nodes,  # noqa: F401  (importing it registers its behaviours)
+    messages,
+)
 from comfyui_sim.faults import Faults
 from comfyui_sim.graph import ExecutionList, is_link, signatures
 from comfyui_sim.messages import Hub
@@ -79,10 +82,12 @@ class _Run:
 class _Context:
     """What a node behaviour sees (comfyui_sim.nodes.NodeContext)."""
 
-    def __init__(self, executor: Executor, run: _Run, node_id: str) -> None:
+    def __init__(self, executor: Executor, run: _Run, node_id: str, node_class: NodeClass,
+                 ) -> None:
         self._executor = executor
         self._run = run
         self.node_id = node_id
+        self.node_class = node_class
         self.prompt_id = run.prompt_id
         self.prompt = run.item.prompt
         self.step_seconds = executor.faults.step_ms(executor.step_ms) / 1000.0
@@ -276,7 +281,8 @@ class Executor:
                 run.fail_injected = False
                 raise RuntimeError(self.faults.failure_message)
             behaviour = BEHAVIOURS.get(node["class_type"], not_simulated)
-            output: NodeOutput = await behaviour(_Context(self, run, node_id), inputs)
+            context = _Context(self, run, node_id, classes[node["class_type"]])
+            output: NodeOutput = await behaviour(context, inputs)
         except Exception as exc:  # any node error becomes an execution_error, as in ComfyUI
             return exc, inputs
         if output.ui is not None:

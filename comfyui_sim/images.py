@@ -1,7 +1,8 @@
-"""Deterministic pictures for simulated IMAGE values, and the output files ComfyUI writes.
+"""Deterministic pictures for simulated IMAGE values, and the PNG files ComfyUI writes.
 
 An IMAGE travels through the simulated graph as a recipe (how to draw it), not as pixels, so
-sampling stays cheap; pixels are drawn only when SaveImage or PreviewImage writes a PNG.
+sampling stays cheap; pixels are drawn only when an output node writes a picture (SaveImage,
+PreviewImage here; the animated WebP and PNG savers in comfyui_sim.media).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import hashlib
 import io
 import json
 import pathlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter, ImageOps, PngImagePlugin
+
+from comfyui_sim.save_path import save_path
 
 
 @dataclass(frozen=True)
@@ -84,43 +86,19 @@ def render(frame: Frame) -> Image.Image:
     return img
 
 
-_COUNTER = re.compile(r"_(\d{5})_\.png$")
-
-
-def next_counter(folder: pathlib.Path, prefix: str) -> int:
-    """ComfyUI continues numbering after the highest file already saved under the prefix."""
-    highest = 0
-    if folder.is_dir():
-        for path in folder.glob(f"{glob_escape(prefix)}_*_.png"):
-            match = _COUNTER.search(path.name)
-            if match and path.name[: -len(match.group(0))] == prefix:
-                highest = max(highest, int(match.group(1)))
-    return highest + 1
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
 def save_frames(frames: list[Frame], base_dir: pathlib.Path, filename_prefix: str,
                 kind: str, prompt: dict[str, Any] | None, compress_level: int = 4,
                 ) -> list[dict[str, str]]:
     """Write each frame as <prefix>_<counter>_.png; answer the `images` list of the UI output."""
-    subfolder, _, prefix = filename_prefix.replace("\\", "/").rpartition("/")
-    folder = (base_dir / subfolder).resolve()
-    if not folder.is_relative_to(base_dir.resolve()):
-        raise ValueError("Saving image outside the output folder is not allowed.")
-    folder.mkdir(parents=True, exist_ok=True)
-    counter = next_counter(folder, prefix)
+    where = save_path(filename_prefix, base_dir, frames[0].width, frames[0].height)
+    info = PngImagePlugin.PngInfo()
+    if prompt is not None:
+        info.add_text("prompt", json.dumps(prompt))
     results = []
-    for frame in frames:
-        info = PngImagePlugin.PngInfo()
-        if prompt is not None:
-            info.add_text("prompt", json.dumps(prompt))
-        name = f"{prefix}_{counter:05}_.png"
-        render(frame).save(folder / name, pnginfo=info, compress_level=compress_level)
-        results.append({"filename": name, "subfolder": subfolder, "type": kind})
-        counter += 1
+    for number, frame in enumerate(frames):
+        name = where.name("png", number, batch_number=number)
+        render(frame).save(where.folder / name, pnginfo=info, compress_level=compress_level)
+        results.append({"filename": name, "subfolder": where.subfolder, "type": kind})
     return results
 
 

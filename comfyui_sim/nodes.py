@@ -1,7 +1,8 @@
 """What each simulated node class does: its outputs, its cost in time, its progress reports.
 
 Node values are small stand-ins (a MODEL is its checkpoint name, a LATENT its size and seed) and
-IMAGEs are drawing recipes; only the output nodes write real PNG files.
+IMAGEs are drawing recipes; only the output nodes write real files. The media classes (animated
+images, video, audio) are in comfyui_sim.media_nodes.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from comfy_service.comfyui.object_info import NodeClass
 from comfyui_sim import images
 from comfyui_sim.images import Frame
 
 
 class NodeContext(Protocol):
     node_id: str
+    node_class: NodeClass  # the spec the server serves for the node's class, version's own
     prompt_id: str
     prompt: dict[str, Any]
     step_seconds: float

@@ -38,6 +38,7 @@ from comfyui_sim.faults import Faults
 from comfyui_sim.messages import Client, Hub
 from comfyui_sim.prompt_queue import PromptQueue, QueueItem
 from comfyui_sim.settings import SimSettings
+from comfyui_sim.view_types import view_content_type
 
 log = logging.getLogger("comfyui_sim")
 
@@ -283,11 +284,11 @@ async def get_view(node: SimNode, request: Request) -> Response:
         body, media_type = converted
         return Response(body, media_type=media_type, headers=disposition)
     stat = path.stat()
+    # Content-Type as a header, not media_type: Starlette would append a charset to text types.
     headers = {**disposition, "Etag": f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"',
                "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True),
-               "Accept-Ranges": "bytes"}
-    media_type = "image/png" if name.lower().endswith(".png") else "application/octet-stream"
-    return Response(path.read_bytes(), media_type=media_type, headers=headers)
+               "Accept-Ranges": "bytes", "Content-Type": view_content_type(name)}
+    return Response(path.read_bytes(), headers=headers)
 
 
 async def post_upload_image(node: SimNode, request: Request) -> Response:

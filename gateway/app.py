@@ -18,7 +18,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,13 +27,15 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actors import tasks
 from actors.broker import admit_message, build_broker
+from actors.retention import Retention
 from actors.store import TaskStore, acceptance_sequence
+from actors.uploads import UploadStore
 from comfy_service import constants as c
 from comfy_service import metrics
 from comfy_service.comfyui.object_info import NodeClass, parse_object_info
@@ -47,15 +50,20 @@ from comfy_service.errors import (
     TooManyRequests,
     Unauthorized,
     Unavailable,
+    ValidationFailed,
 )
+from comfy_service.inputs import find_refs
 from comfy_service.logs import event, request_id_var
-from comfy_service.outputs import output_path
+from comfy_service.media import output_type
+from comfy_service.outputs import output_key
 from comfy_service.settings import Settings
-from comfy_service.templates import Template, load_templates
+from comfy_service.storage import StoreFailure, StoreMismatch, open_store
+from comfy_service.templates import FieldError, Template, load_templates
 from gateway.body import read_json
-from gateway.generate import new_record, new_task_id, parse_generate
+from gateway.generate import new_record, new_task_id, parse_generate, ref_field
 from gateway.openapi import endpoint as openapi_endpoint
 from gateway.quotas import UNLIMITED, Limits, RateLimiter, limits_for, over_quota, parse_key_limits
+from gateway.uploads import new_upload, read_upload, upload_key
 
 log = logging.getLogger("gateway")
 
@@ -77,10 +85,14 @@ class Gateway:
         self.default_limits = Limits(settings.rate_limit_per_s, settings.rate_limit_burst,
                                      settings.max_active_tasks)
         self.key_limits = parse_key_limits(settings.api_key_limits)
+        self.blobs = open_store(settings)
+        self.uploads = UploadStore(self.redis, settings.upload_ttl_s)
+        self.retention = Retention(self.redis, self.blobs, settings.task_ttl_s)
         self._classes: Mapping[str, NodeClass] = {}
         self._classes_at = -CLASSES_TTL_S
 
     async def close(self) -> None:
+        await self.blobs.aclose()
         await self.redis.aclose()
         self.broker.close()
 
@@ -136,6 +148,7 @@ class Gateway:
         task_id = new_task_id()
         parsed = parse_generate(body, self.templates, await self.node_classes(),
                                 lambda limit: secrets.randbelow(limit + 1), task_id)
+        await self._check_inputs(parsed.graph, tenant, body)
         record = new_record(parsed, task_id, request_id_var.get(), acceptance_sequence(), tenant)
         answer = {"task_id": task_id, "status": tasks.QUEUED, "created_at": record.created_at}
         idempotency = None
@@ -156,6 +169,39 @@ class Gateway:
               priority=parsed.priority)
         return JSONResponse(answer, status_code=202,
                             headers={"Location": f"/api/v1/tasks/{task_id}"})
+
+    async def _check_inputs(self, graph: dict[str, Any], tenant: str | None,
+                            body: dict[str, Any]) -> None:
+        """Every `upload:<id>` the graph reads is an upload of this caller's (422 naming the
+        field otherwise); each is then kept at least UPLOAD_TTL for the task."""
+        refs = find_refs(graph)
+        missing = []
+        for ref in refs:
+            upload = await self.uploads.get(ref.upload_id)
+            if upload is None or not visible_to(upload, tenant):
+                missing.append(FieldError(ref_field(body, ref),
+                                          f"names no upload of yours (upload:{ref.upload_id} "
+                                          f"is unknown or expired): POST /api/v1/uploads first"))
+        if missing:
+            raise ValidationFailed("the request names inputs that do not exist",
+                                   {"fields": [error.as_dict() for error in missing]})
+        if refs:
+            await self.uploads.keep([ref.upload_id for ref in refs])
+
+    async def upload(self, request: Request) -> Response:
+        tenant = (await self.admit_request(request)).tenant
+        data = await read_upload(request, self.settings.max_upload_bytes)
+        record = new_upload(data, tenant)
+        await self.retention.note("upload", record.upload_id, self.settings.upload_ttl_s)
+        try:
+            await self.blobs.put_bytes(upload_key(record), data, record.content_type)
+        except StoreFailure as exc:
+            raise Unavailable("the object store did not take the file; retry shortly",
+                              {"reason": str(exc)}) from exc
+        await self.uploads.save(record)
+        event(log, "upload.stored", upload_id=record.upload_id, bytes=record.bytes,
+              content_type=record.content_type)
+        return JSONResponse(record.public(), status_code=201)
 
     def _idempotency_redis_key(self, idempotency_key: str) -> str:
         return c.IDEMPOTENCY_KEY.format(
@@ -215,11 +261,24 @@ class Gateway:
             raise OutputNotFound(f"task {record.task_id} has no output {index}",
                                  {"status": record.status, "outputs": len(record.outputs)})
         output = record.outputs[index]
-        path = output_path(self.settings.output_dir, record.task_id, index, output["filename"])
-        if not path.is_file():
+        key = output_key(record.task_id, index, output["filename"])
+        try:
+            presigned = await self.blobs.presigned_url(key)
+            if presigned is not None:
+                return RedirectResponse(presigned, status_code=302)
+            stored = await self.blobs.get(key)
+        except StoreFailure as exc:
+            raise Unavailable("the object store is unreachable; retry shortly",
+                              {"reason": str(exc)}) from exc
+        if stored is None:
             raise OutputNotFound(f"output {index} of task {record.task_id} is no longer stored")
-        return FileResponse(path, media_type=output["content_type"],
-                            filename=output["filename"], content_disposition_type="inline")
+        media = output_type(output["filename"])
+        disposition = "inline" if media.kind != "file" else "attachment"
+        return StreamingResponse(stored.chunks, media_type=media.content_type, headers={
+            "Content-Length": str(stored.size),
+            "Content-Disposition": f"{disposition}; filename*=utf-8''"
+                                   f"{quote(output['filename'])}",
+            "X-Content-Type-Options": "nosniff"})
 
     async def workflows(self, request: Request) -> Response:
         await self.admit_request(request)
@@ -260,12 +319,28 @@ async def stop_when_orphaned(interval_s: float = 1.0) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+async def check_store(gateway: Gateway) -> None:
+    """Once Redis answers, prove the store is the workers' (see BlobStore.check_shared); a
+    local OUTPUT_DIR that is not theirs stops the gateway, saying why, rather than answer 404
+    for every output. Redis being down at start is no reason not to start (503s until then)."""
+    try:
+        await gateway.blobs.wait_shared(gateway.redis)
+    except StoreMismatch as exc:
+        event(log, "gateway.store_mismatch", logging.ERROR, reason=str(exc), effect="stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def tenant_of(api_key: str) -> str:
     """A stable, non-reversible id for an API key: what records and logs carry, never the key."""
     return hashlib.sha256(b"comfy-service tenant:" + api_key.encode()).hexdigest()[:16]
 
 
-def visible_to(record: tasks.TaskRecord, tenant: str | None) -> bool:
+class _Owned(Protocol):
+    @property
+    def owner(self) -> str | None: ...
+
+
+def visible_to(record: _Owned, tenant: str | None) -> bool:
     """Keys see their own tasks; without keys (tenant None) everything is one tenant's."""
     return tenant is None or record.owner == tenant
 
@@ -336,12 +411,15 @@ def create_app(settings: Settings, templates: dict[str, Template] | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store_check = asyncio.create_task(check_store(gateway))
         event(log, "gateway.started", host=settings.api_host, port=settings.api_port,
-              auth=bool(settings.api_keys))
+              auth=bool(settings.api_keys), store=gateway.blobs.kind,
+              store_at=gateway.blobs.where)
         watch = asyncio.create_task(stop_when_orphaned()) if settings.api_workers > 1 else None
         try:
             yield
         finally:
+            store_check.cancel()
             if watch is not None:
                 watch.cancel()
             await gateway.close()
@@ -366,6 +444,7 @@ def create_app(settings: Settings, templates: dict[str, Template] | None = None)
         Route("/api/v1/tasks/{task_id}", _guard(gateway.cancel_task), methods=["DELETE"]),
         Route("/api/v1/tasks/{task_id}/outputs/{index:int}", _guard(gateway.get_output),
               methods=["GET"]),
+        Route("/api/v1/uploads", _guard(gateway.upload), methods=["POST"]),
         Route("/api/v1/workflows", _guard(gateway.workflows), methods=["GET"]),
         Route("/api/v1/nodes", _guard(gateway.nodes), methods=["GET"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),

@@ -31,12 +31,21 @@ async def linger(request: Request, declared: int | None) -> None:
                     return
 
 
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 async def read_json(request: Request, limit: int) -> tuple[Any, bytes]:
     """The JSON body: 415 unless JSON, 413 past `limit` bytes, 400 if invalid or too deep."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json":
+    if media_type(request) != "application/json":
         raise UnsupportedMediaType("send the body as application/json",
-                                   {"content_type": media_type or None})
+                                   {"content_type": media_type(request) or None})
+    raw = await read_bounded(request, limit)
+    return parse_json(raw), raw
+
+
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The whole body, or 413 past `limit` bytes (after a lingering close)."""
     too_large = PayloadTooLarge(f"the body is larger than {limit} bytes", {"limit": limit})
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -49,5 +58,4 @@ async def read_json(request: Request, limit: int) -> tuple[Any, bytes]:
             await linger(request, int(declared) if declared and declared.isdigit() else None)
             raise too_large
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    return parse_json(raw), raw
+    return b"".join(chunks)

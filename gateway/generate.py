@@ -13,6 +13,7 @@ from actors.tasks import QUEUED, TaskRecord, utc_now
 from comfy_service.comfyui.object_info import NodeClass
 from comfy_service.comfyui.validation import PromptCrash, validate_prompt
 from comfy_service.errors import Unavailable, ValidationFailed, WorkflowNotFound
+from comfy_service.inputs import InputRef, looks_like_ref
 from comfy_service.templates import FieldError, Template, looks_like_ui_format, render, resolve
 from gateway.limits import check_graph_shape
 
@@ -104,7 +105,7 @@ def parse_generate(body: Any, templates: Mapping[str, Template],
         raise _fail(errors)
     graph = render(template, values, output_prefix=f"cs/{task_id}")
     if classes:  # once nodes have reported: refuse what no node could run (a checkpoint none has)
-        result = validate_prompt(graph, classes)
+        result = validate_prompt(graph, classes, file_exists=looks_like_ref)
         if not result.ok or result.node_errors:
             raise ValidationFailed("no ComfyUI node can run this workflow with these params",
                                    {"error": result.error, "node_errors": result.node_errors})
@@ -122,7 +123,9 @@ def check_custom_graph(graph: Any, classes: Mapping[str, NodeClass]) -> dict[str
         raise _fail([FieldError("workflow_json", "must be a non-empty API-format graph object")])
     check_graph_shape(graph)
     try:
-        result = validate_prompt(graph, classes)
+        # An input file is an upload reference (checked against the uploads by the caller);
+        # a bare file name would name a file on some node, which the service cannot promise.
+        result = validate_prompt(graph, classes, file_exists=looks_like_ref)
     except PromptCrash as exc:
         raise _fail([FieldError("workflow_json", f"is not a valid API-format graph ({exc})")]) \
             from exc
@@ -130,6 +133,17 @@ def check_custom_graph(graph: Any, classes: Mapping[str, NodeClass]) -> dict[str
         raise ValidationFailed("workflow_json failed ComfyUI validation",
                                {"error": result.error, "node_errors": result.node_errors})
     return graph
+
+
+def ref_field(body: Mapping[str, Any], ref: InputRef) -> str:
+    """The request field that holds an input reference, for a 422 that names it."""
+    if "workflow_json" in body:
+        return f"workflow_json.{ref.node_id}.inputs.{ref.input_name}"
+    params = body.get("params")
+    for name, given in (params.items() if isinstance(params, dict) else ()):
+        if given == f"upload:{ref.upload_id}":
+            return f"params.{name}"
+    return "params"
 
 
 def new_record(request: GenerateRequest, task_id: str, request_id: str | None,

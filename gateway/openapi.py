@@ -20,6 +20,7 @@ from actors import tasks
 from actors.store import PRIORITY_LIMIT
 from comfy_service import constants as c
 from comfy_service.errors import CodedError, ServiceError, TaskFailure
+from comfy_service.media import OUTPUT_TYPES, UPLOAD_TYPES
 from comfy_service.templates import Template
 from gateway.generate import DEFAULT_WORKFLOW, MAX_TIMEOUT_S
 from gateway.limits import MAX_GRAPH_DEPTH, MAX_GRAPH_NODES, MAX_JSON_DEPTH
@@ -55,6 +56,9 @@ def _subclasses(cls: type[CodedError]) -> Iterator[type[CodedError]]:
     for sub in cls.__subclasses__():
         yield sub
         yield from _subclasses(sub)
+
+
+UPLOAD_REF_PATTERN = "^upload:[0-9a-f]{32}$"
 
 
 def _raised(base: type[CodedError]) -> Iterator[type[CodedError]]:
@@ -95,6 +99,8 @@ def _scalar_schema(spec: Mapping[str, Any]) -> dict[str, Any]:
     kind = spec["type"]
     if kind == "enum":
         return {"enum": list(spec["choices"])}
+    if kind == "image":
+        return {"type": "string", "pattern": UPLOAD_REF_PATTERN}
     if kind not in ("string", "integer", "number"):
         raise ValueError(f"unknown parameter type {kind!r}")
     keywords = {"min_length": "minLength", "max_length": "maxLength", "pattern": "pattern",
@@ -182,10 +188,12 @@ def generate_schemas(templates: Mapping[str, Template]) -> dict[str, dict[str, A
 def answer_schemas() -> dict[str, dict[str, Any]]:
     string, integer, number = {"type": "string"}, {"type": "integer"}, {"type": "number"}
     maybe = _nullable(string)
-    output = _obj({"index": integer, "filename": string, "url": string, "content_type": string,
-                   "bytes": integer, "sha256": string})
+    output = _obj({"index": integer, "filename": string, "node_id": string,
+                   "kind": {"enum": sorted({m.kind for m in OUTPUT_TYPES.values()} | {"file"})},
+                   "url": string, "content_type": string, "bytes": integer, "sha256": string})
     spec = {"type": "object", "required": ["type", "required", "default"],
-            "properties": {"type": {"enum": ["string", "integer", "number", "enum", "list"]},
+            "properties": {"type": {"enum": ["string", "integer", "number", "enum", "image",
+                                                     "list"]},
                            "required": {"type": "boolean"}, "default": {},
                            "description": string}}
     return {
@@ -207,6 +215,10 @@ def answer_schemas() -> dict[str, dict[str, Any]]:
         "Nodes": _obj({"nodes": {"type": "array", "items": _obj({
             "name": string, "url": string, "healthy": {"type": "boolean"}, "slots": integer,
             "slots_used": integer, "queue_remaining": integer, "worker": string})}}),
+        "Upload": _obj({"upload_id": string, "ref": {"type": "string",
+                                                      "pattern": UPLOAD_REF_PATTERN},
+                        "content_type": {"enum": list(UPLOAD_TYPES)}, "bytes": integer,
+                        "sha256": string, "created_at": string}),
         "Health": _obj({"status": {"const": "ok"}}),
         "Ready": _obj({"status": {"const": "ready"}, "redis": {"const": "ok"},
                        "nodes_healthy": integer, "nodes_total": integer, "tasks_waiting": integer}),
@@ -254,11 +266,25 @@ def _paths() -> dict[str, dict[str, Any]]:
                 (*guarded, 404, 405, 409), _AUTH, ("task_id",))},
         "/api/v1/tasks/{task_id}/outputs/{index}": {"get": _operation(
             "getOutput", "An output file of a succeeded task", {"200": {
-                "description": "The file, with the content type its record names.",
+                "description": "The file (streamed), with the content type its record names.",
                 "headers": {REQUEST_ID_HEADER: _ref("headers", REQUEST_ID_HEADER)},
-                "content": {media: {"schema": {}}
-                            for media in ("image/*", "application/octet-stream")}}},
+                "content": {media: {"schema": {}} for media in (
+                    "image/*", "video/*", "audio/*", "model/*", "application/octet-stream")}},
+                "302": {"description": "With PRESIGN_TTL_S set (S3 store): a short-lived URL "
+                                       "to fetch the file from the bucket.",
+                        "headers": {REQUEST_ID_HEADER: _ref("headers", REQUEST_ID_HEADER),
+                                    "Location": {"required": True,
+                                                 "schema": {"type": "string"}}}}},
             (*guarded, 404), _AUTH, ("task_id", "index"))},
+        "/api/v1/uploads": {"post": _operation(
+            "upload", "Upload an input image (PNG, JPEG or WebP, by its content)",
+            {"201": _json("Upload", "Stored; refer to it as `ref` in params or workflow_json.")},
+            (*guarded, 400, 413, 415, 422), _AUTH,
+            requestBody={"required": True, "content": {
+                **{media: {"schema": {"type": "string", "format": "binary"}}
+                   for media in (*UPLOAD_TYPES, "application/octet-stream")},
+                "multipart/form-data": {"schema": _obj(
+                    {"image": {"type": "string", "format": "binary"}}, required=["image"])}}})},
         "/api/v1/workflows": {"get": _operation(
             "listWorkflows", "Templates and their typed parameters",
             {"200": _json("Workflows", "The templates.")}, guarded, _AUTH)},

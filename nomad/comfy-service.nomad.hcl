@@ -1,10 +1,11 @@
 # The service: the gateway (REST API v1) and the workers that dispatch tasks to the ComfyUI
 # nodes they find in Consul.
 #
-#   nomad var put nomad/jobs/comfy-service api_keys=key1,key2 consul_token=<worker read token>
+#   nomad var put nomad/jobs/comfy-service api_keys=key1,key2 consul_token=<worker read token> \
+#     s3_access_key=<key id> s3_secret_key=<secret>      # with store.kind = "s3"
 #   nomad job run -var 'image=registry.example.com/comfy-service:0.1.0' nomad/comfy-service.nomad.hcl
 #
-# Secrets (API keys, the Consul token) come from Nomad Variables through template blocks and
+# Secrets (API keys, the Consul token, S3 credentials) come from Nomad Variables through template blocks and
 # are never written here. `MESH=nomad make up` derives its local variant from this file
 # (comfy_service/nomad_local.py): raw_exec with the project's virtualenv instead of the image.
 
@@ -66,8 +67,33 @@ variable "consul_service" {
   default     = "comfyui"
 }
 
+variable "store" {
+  description = "Where outputs and uploaded inputs live: kind \"s3\" (any S3-compatible bucket; recommended across machines) or \"local\" (outputs_volume, which must then be one shared filesystem). presign_ttl_s > 0: downloads redirect to presigned URLs."
+  type = object({
+    kind          = string
+    bucket        = string
+    prefix        = string
+    endpoint      = string
+    region        = string
+    presign_ttl_s = number
+  })
+  default = {
+    kind          = "local"
+    bucket        = ""
+    prefix        = "comfy-service"
+    endpoint      = ""
+    region        = "us-east-1"
+    presign_ttl_s = 0
+  }
+
+  validation {
+    condition     = contains(["local", "s3"], var.store.kind) && (var.store.kind == "local" || var.store.bucket != "")
+    error_message = "The store kind must be local or s3, and s3 needs a bucket."
+  }
+}
+
 variable "outputs_volume" {
-  description = "Host volume shared by gateways and workers for output files (a shared filesystem across machines)."
+  description = "Host volume for output files with store.kind = \"local\": one filesystem shared by gateways and workers (a process on another filesystem refuses to start)."
   type        = string
   default     = "comfy-outputs"
 }
@@ -92,12 +118,20 @@ locals {
     CONSUL_SERVICE_NAME = var.consul_service
     NODE_SLOTS          = var.worker.node_slots
     OUTPUT_DIR          = "/data/outputs"
+    OUTPUT_STORE        = var.store.kind
+    S3_BUCKET           = var.store.bucket
+    S3_PREFIX           = var.store.prefix
+    S3_ENDPOINT         = var.store.endpoint
+    S3_REGION           = var.store.region
+    PRESIGN_TTL_S       = var.store.presign_ttl_s
     LOG_LEVEL           = var.log_level
   }
   # REDIS_URL from the variable, else from the `redis` service Consul knows.
   secrets = <<-EOT
     {{ with nomadVar "${var.nomad_var_path}" }}{{ with .api_keys }}API_KEYS={{ . }}{{ end }}
-    {{ with .consul_token }}CONSUL_HTTP_TOKEN={{ . }}{{ end }}{{ end }}
+    {{ with .consul_token }}CONSUL_HTTP_TOKEN={{ . }}{{ end }}
+    {{ with .s3_access_key }}AWS_ACCESS_KEY_ID={{ . }}{{ end }}
+    {{ with .s3_secret_key }}AWS_SECRET_ACCESS_KEY={{ . }}{{ end }}{{ end }}
     %{if var.redis_url != ""}REDIS_URL=${var.redis_url}%{else}{{ range service "redis" }}REDIS_URL=redis://{{ .Address }}:{{ .Port }}/0{{ end }}%{endif}
   EOT
 }

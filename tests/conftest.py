@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.processes import ROOT, RedisProcess
+from tests.support.s3 import s3_server_fixture
 
 SHARED = ROOT.parent / "shared"
 
@@ -26,3 +27,7 @@ def redis_server(tmp_path: pathlib.Path) -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
+
+
+# A real S3-compatible server (versitygw) for the session; tests keep apart by key prefix.
+s3_server = pytest.fixture(scope="session", name="s3_server")(s3_server_fixture)

@@ -21,7 +21,9 @@ from websockets.http11 import Request, Response
 from actors.comfy_client import ComfyClient
 from actors.node_link import LOST, WS_MAX_FRAME_BYTES, NodeLink
 from comfy_service.errors import NodeLost, OutputTooLarge
-from tests.support.processes import free_port
+from comfy_service.settings import Settings
+from comfy_service.storage import open_store
+from tests.support.processes import free_port, wait_until
 from tests.support.service import Stack, txt2img_body
 
 IMAGE = {"filename": "big_00001_.png", "subfolder": "", "type": "output"}
@@ -141,25 +143,34 @@ async def chunks(size: int, chunk: int = 4096) -> AsyncIterator[bytes]:
         yield b"x" * piece
 
 
-def download(client: ComfyClient, dest: pathlib.Path, max_bytes: int,
+def download(client: ComfyClient, root: pathlib.Path, max_bytes: int,
              timeout_s: float = 5.0) -> Any:
+    """Copy IMAGE from the node into a local store under `root`, as a worker does."""
+    store = open_store(Settings.from_env({"OUTPUT_DIR": str(root)}))
+
     async def go() -> Any:
         try:
-            return await client.download(IMAGE, dest, max_bytes, timeout_s)
+            return await client.copy_output(IMAGE, store, "outputs/task/0.png", "image/png",
+                                            max_bytes, timeout_s)
         finally:
             await client.close()
+            await store.aclose()
     return asyncio.run(go())
+
+
+def stored(root: pathlib.Path) -> list[str]:
+    """Every file under the store's root but its staging area, as relative paths."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
 def test_a_download_within_the_limit_is_stored_with_its_size_and_digest(
         tmp_path: pathlib.Path) -> None:
     body = bytes(range(256)) * 40
     client = client_for(lambda request: httpx.Response(200, content=body))
-    dest = tmp_path / "task" / "0.png"
-    saved = download(client, dest, max_bytes=len(body))
-    assert dest.read_bytes() == body
+    saved = download(client, tmp_path, max_bytes=len(body))
+    assert (tmp_path / "outputs" / "task" / "0.png").read_bytes() == body
     assert (saved.size, saved.sha256) == (len(body), hashlib.sha256(body).hexdigest())
-    assert [p.name for p in dest.parent.iterdir()] == ["0.png"]
+    assert stored(tmp_path) == ["outputs/task/0.png"]
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
@@ -169,12 +180,11 @@ def test_a_download_over_the_limit_fails_with_output_too_large_and_leaves_no_fil
         if declared:
             return httpx.Response(200, content=b"x" * 10_001)
         return httpx.Response(200, content=chunks(10_001))  # no Content-Length: counted
-    dest = tmp_path / "task" / "0.png"
     with pytest.raises(OutputTooLarge) as caught:
-        download(client_for(handler), dest, max_bytes=10_000)
+        download(client_for(handler), tmp_path, max_bytes=10_000)
     assert caught.value.code == "output_too_large"
     assert caught.value.details["max_bytes"] == 10_000
-    assert list(dest.parent.iterdir()) == []
+    assert stored(tmp_path) == []
 
 
 def test_a_download_that_stalls_past_its_timeout_is_node_trouble_and_leaves_no_file(
@@ -183,11 +193,11 @@ def test_a_download_that_stalls_past_its_timeout_is_node_trouble_and_leaves_no_f
         yield b"x" * 100
         await asyncio.Event().wait()  # the node never sends the rest
         yield b""
-    dest = tmp_path / "task" / "0.png"
     with pytest.raises(NodeLost, match="took over"):
-        download(client_for(lambda request: httpx.Response(200, content=stalled())), dest,
+        download(client_for(lambda request: httpx.Response(200, content=stalled())), tmp_path,
                  max_bytes=10_000, timeout_s=0.3)
-    assert list(dest.parent.iterdir()) == []
+    # The store drops its staging file as the cancelled write unwinds, a moment later
+    wait_until(lambda: stored(tmp_path) == [], 10, "the staging file to be removed")
 
 
 # --- 2c. end to end: an output over MAX_OUTPUT_BYTES fails the task, not retried --------------
@@ -216,7 +226,7 @@ def test_an_output_over_max_output_bytes_fails_the_task_with_output_too_large(
     assert big["error"]["code"] == "output_too_large", big["error"]
     assert big["error"]["details"]["max_bytes"] == 16000
     assert big["attempts"] == 1 and big["outputs"] in (None, [])
-    # And nothing of it is left on disk, not even a partial file
-    task_dir = stack.root / "outputs" / big_id
-    assert not task_dir.exists() or list(task_dir.iterdir()) == []
+    # And nothing of it is left in the store, not even a partial file
+    task_dir = stack.root / "outputs" / "outputs" / big_id
+    assert not task_dir.exists() or list(task_dir.rglob("*")) == []
     assert stack.http.get(f"/api/v1/tasks/{big_id}/outputs/0").status_code == 404

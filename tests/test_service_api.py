@@ -54,7 +54,8 @@ def test_generate_runs_txt2img_and_serves_its_png(stack: Stack) -> None:
     assert task["created_at"] <= task["started_at"] <= task["finished_at"]
     assert task["params"]["seed"] == 5
     (output,) = task["outputs"]
-    assert set(output) == {"index", "filename", "url", "content_type", "bytes", "sha256"}
+    assert set(output) == {"index", "filename", "node_id", "kind", "url", "content_type",
+                           "bytes", "sha256"}
     image = stack.http.get(f"/api/v1/tasks/{body['task_id']}/outputs/0")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert hashlib.sha256(image.content).hexdigest() == output["sha256"]

@@ -32,6 +32,7 @@ from comfy_service import constants as c
 from comfy_service.agents.binaries import agent_binary
 from comfy_service.agents.consul_agent import ConsulAgent
 from comfy_service.agents.process import remove_tree, short_tmpdir
+from comfy_service.outputs import task_prefix
 from comfy_service.polling import wait_until
 from tests.support.mesh import Sidecar
 from tests.support.processes import (
@@ -762,8 +763,11 @@ class Report:
             self.failed_by_code[code or "(none)"] += 1
             if not code:
                 self.uncoded.append(task_id)
-        folder = output_dir / task_id
-        files = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        folder = output_dir / task_prefix(task_id)
+        # A write cut off by a killed worker leaves the store's staging file (`name#n`), never
+        # an object; retention removes the folder with the task.
+        files = sorted(p.name for p in folder.iterdir() if "#" not in p.name) \
+            if folder.is_dir() else []
         expected = len(record["outputs"]) if status == "succeeded" else 0
         runs = max(history_runs, file_runs)
         if len(files) != expected:

@@ -27,6 +27,7 @@ DOCUMENT = build_document(TEMPLATES, max_body_bytes=1024)
 # The least each template needs; a template added without an entry here fails the tests below.
 MINIMAL_PARAMS: dict[str, dict[str, Any]] = {
     "txt2img": {"prompt": "a lighthouse"},
+    "img2img": {"image": "upload:" + "ab" * 16, "prompt": "a lighthouse"},
     "storydiffusion": {"characters": [{"name": "Ann", "description": "red coat"}],
                        "scenes": [{"character": "Ann", "text": "on a hill"}]},
 }
@@ -133,8 +134,9 @@ def test_a_task_record_matches_the_task_schema() -> None:
     record = TaskRecord(task_id="t", status="failed", graph={}, created_at="2025-01-01T00:00:00Z",
                         workflow="txt2img", params={"seed": 1}, node="n1",
                         progress={"value": 1, "max": 2, "fraction": 0.5}, attempts=2,
-                        outputs=({"index": 0, "filename": "a.png", "url": "/x",
-                                  "content_type": "image/png", "bytes": 3, "sha256": "ab"},),
+                        outputs=({"index": 0, "filename": "a.png", "node_id": "9",
+                                  "kind": "image", "url": "/x", "content_type": "image/png",
+                                  "bytes": 3, "sha256": "ab"},),
                         error=errors.TaskTimeout("too slow").as_error())
     assert is_valid(record.public(), schema_of("Task"))
     assert is_valid({**record.public(), "error": None, "progress": None}, schema_of("Task"))
@@ -165,6 +167,8 @@ def _probes(spec: dict[str, Any]) -> list[Any]:
         return [low, high, low - step, high + step, low + step, low + step / 2, low + 1, "1", True]
     if kind == "list":
         return [[], "x", [{}], [{"extra": 1}]]
+    if kind == "image":
+        return ["upload:" + "0f" * 16, "upload:" + "0F" * 16, "upload:", "cat.png", 1]
     raise AssertionError(f"no probes for {kind}")
 
 

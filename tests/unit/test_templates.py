@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from comfy_service.comfyui.validation import validate_prompt
+from comfy_service.inputs import looks_like_ref
 from comfy_service.templates import FieldError, load_templates, render, resolve
 from comfyui_sim import catalog
 from tests.support.processes import ROOT
@@ -16,6 +17,8 @@ TEMPLATES = load_templates()
 GOLDEN = ROOT / "tests" / "golden"
 CASES: dict[str, dict[str, Any]] = {
     "txt2img": {"prompt": "a lighthouse at dawn", "width": 832, "height": 1216, "seed": 42},
+    "img2img": {"image": "upload:" + "ab" * 16, "prompt": "the same, in watercolour",
+                "denoise": 0.45, "seed": 3},
     "storydiffusion": {
         "characters": [{"name": "Taylor", "description": "a woman, white T-shirt, blue hair"},
                        {"name": "Sam", "description": "a man, green coat"}],
@@ -55,7 +58,8 @@ def test_rendered_graphs_pass_comfyui_validation(name: str) -> None:
     values, _ = resolve(TEMPLATES[name], CASES[name], never_drawn)
     classes = catalog.node_classes(catalog.ModelInventory(
         {"checkpoints": ("juggernautXL_v8Rundiffusion.safetensors",)}))
-    result = validate_prompt(render(TEMPLATES[name], values, "x"), classes)
+    result = validate_prompt(render(TEMPLATES[name], values, "x"), classes,
+                             file_exists=looks_like_ref)
     assert result.ok and result.node_errors == {}, result
 
 
@@ -103,3 +107,11 @@ def test_sampler_must_be_known() -> None:
 def test_bad_story_params_are_rejected(params: dict[str, Any], field: str) -> None:
     errors = resolve(TEMPLATES["storydiffusion"], params, lambda n: 1)[1]
     assert field in [e.field for e in errors]
+
+
+@pytest.mark.parametrize("value", ["cat.png", "upload:xyz", 7, "upload:" + "AB" * 16])
+def test_an_image_parameter_takes_only_an_upload_reference(value: Any) -> None:
+    params = {**CASES["img2img"], "image": value}
+    _, errors = resolve(TEMPLATES["img2img"], params, never_drawn)
+    assert [error.field for error in errors] == ["params.image"]
+    assert "upload:<id>" in errors[0].message

@@ -1,31 +1,34 @@
 #!/usr/bin/env bash
-# Make real `consul` and `nomad` binaries available for tests and local runs.
+# Make real `consul`, `nomad` and `versitygw` (an S3-compatible object store) binaries
+# available for tests and local runs.
 #
 # Resolution order for each binary (tests/agents_fixtures.py uses the same one):
-#   1. $CONSUL_BIN / $NOMAD_BIN, if set (must be executable);
-#   2. `consul` / `nomad` on PATH;
+#   1. $CONSUL_BIN / $NOMAD_BIN / $VERSITYGW_BIN, if set (must be executable);
+#   2. `consul` / `nomad` / `versitygw` on PATH;
 #   3. ${XDG_CACHE_HOME:-$HOME/.cache}/comfy-service/bin/<name>-<version> for the
 #      version pinned in tools/agents/versions.env, built here if missing.
 #
-# Building: neither tool is packaged anywhere reachable, so the upstream module
+# Building: none of the tools is packaged anywhere reachable, so the upstream module
 # source is fetched from the Go module proxy (`go mod download`), copied out of
 # the read-only module cache into a scratch directory, completed with the nested
 # modules its go.mod replaces with ./<dir> (absent from the module zip), and its
-# main package is built with upstream's own go.mod/go.sum. Binaries land in the
-# cache directory, never in the repository. A second run only checks the cache.
+# main package (the module root; ./cmd/versitygw for versitygw) is built with
+# upstream's own go.mod/go.sum. Binaries land in the cache directory, never in the
+# repository. A second run only checks the cache.
 #
-# Environment knobs: CONSUL_BIN, NOMAD_BIN, XDG_CACHE_HOME, GOPROXY (as usual for
-# go), AGENTS_BUILD_JOBS (go build -p, default: nproc), AGENTS_REBUILD=1 (ignore
-# PATH and cached binaries and rebuild the pinned ones), AGENTS_GO_CACHES
+# Environment knobs: CONSUL_BIN, NOMAD_BIN, VERSITYGW_BIN, XDG_CACHE_HOME, GOPROXY
+# (as usual for go), AGENTS_BUILD_JOBS (go build -p, default: nproc), AGENTS_REBUILD=1
+# (ignore PATH and cached binaries and rebuild the pinned ones), AGENTS_GO_CACHES
 # (scratch: private Go caches removed after a successful build, the default;
 # shared: Go's usual GOMODCACHE/GOCACHE, kept).
 #
-# Output: for each binary a line "<name> <path>" followed by its `version`
-# output (indented), and an env file $cache/agents.env with CONSUL_BIN=/NOMAD_BIN=.
+# Output: for each binary a line "<name> <path>" followed by its version output
+# (indented), and an env file $cache/agents.env with CONSUL_BIN=, NOMAD_BIN= and
+# VERSITYGW_BIN=.
 #
-# `build.sh --no-build [consul|nomad ...]` only resolves (the one lookup, which
-# comfy_service/agents/binaries.py calls): it prints "<name> <path>" for each
-# name asked (default both) and exits 3, saying to run `make agents`, when one
+# `build.sh --no-build [consul|nomad|versitygw ...]` only resolves (the one lookup,
+# which comfy_service/agents/binaries.py calls): it prints "<name> <path>" for each
+# name asked (default all three) and exits 3, saying to run `make agents`, when one
 # would have to be built. It takes no lock and touches nothing in the cache.
 set -euo pipefail
 
@@ -44,7 +47,12 @@ bin_dir="$cache_root/bin"
 env_file="$cache_root/agents.env"
 [ "$no_build" = 1 ] || mkdir -p "$bin_dir"
 
+# The binaries this script provides; each has <NAME>_VERSION in versions.env and
+# is resolved from $<NAME>_BIN first.
+agents="consul nomad versitygw"
+
 log() { printf '[agents] %s\n' "$*" >&2; }
+upper() { printf '%s' "$1" | tr '[:lower:]' '[:upper:]'; } # bash 3.2 (macOS) has no ${x^^}
 die() { printf '[agents] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- go environment for reproducible, non-interactive builds ----------------
@@ -75,7 +83,7 @@ drop_scratch_caches() {
 }
 
 require_go() {
-    command -v go >/dev/null 2>&1 || die "the Go toolchain (go >= 1.25.9) is needed to build consul/nomad; install it or set CONSUL_BIN/NOMAD_BIN"
+    command -v go >/dev/null 2>&1 || die "the Go toolchain (go >= 1.25.9) is needed to build $1; install it or set $(upper "$1")_BIN"
 }
 
 # json_field FIELD <json  -- extracts a top-level string field of `go mod download -json`
@@ -110,11 +118,37 @@ pinned_sum() {
     return 0
 }
 
-# build NAME MODULE VERSION "SUB@VER ..." "TAGS" COMMIT CGO "SUB@VER=h1:... ..."
+# version_arg NAME -> the argument that makes the binary print its version
+version_arg() {
+    case "$1" in
+        versitygw) printf '%s' --version ;;
+        *) printf '%s' version ;;
+    esac
+}
+
+# stamp_ldflags NAME MODULE VERSION COMMIT DATE -> the -X flags upstream's release
+# build sets, so `<bin> <version_arg>` reports what was built
+stamp_ldflags() {
+    local name="$1" module="$2" version="$3" commit="$4" date="$5"
+    case "$name" in
+        versitygw)
+            printf -- '-X main.Version=%s' "$version"
+            [ -z "$commit" ] || printf -- ' -X main.Build=%s' "$commit"
+            [ -z "$date" ] || printf -- ' -X main.BuildTime=%s' "$date"
+            ;;
+        *)
+            printf -- '-X %s/version.GitCommit=%s' "$module" "$commit"
+            [ -z "$date" ] || printf -- ' -X %s/version.BuildDate=%s' "$module" "$date"
+            ;;
+    esac
+}
+
+# build NAME MODULE VERSION PACKAGE "SUB@VER ..." "TAGS" COMMIT CGO "SUB@VER=h1:... ..."
+# PACKAGE is the main package's path inside the module ("." for the module root).
 build() {
-    local name="$1" module="$2" version="$3" submods="$4" tags="$5" commit="$6" cgo="$7" pins="${8:-}"
+    local name="$1" module="$2" version="$3" pkg="$4" submods="$5" tags="$6" commit="$7" cgo="$8" pins="${9:-}"
     local out="$bin_dir/$name-$version"
-    require_go
+    require_go "$name"
     use_scratch_caches
     built_any=1
     log "building $name $version from $module@v$version with $(go env GOVERSION) (-p $jobs); this takes a while on a cold cache"
@@ -146,12 +180,12 @@ build() {
         chmod -R u+w "$work/$sub"
     done
 
-    local ldflags="-s -w -X $module/version.GitCommit=$commit"
-    [ -z "$date" ] || ldflags="$ldflags -X $module/version.BuildDate=$date"
+    local ldflags
+    ldflags="-s -w $(stamp_ldflags "$name" "$module" "$version" "$commit" "$date")"
     (
         cd "$work"
         CGO_ENABLED="$cgo" go build -p "$jobs" -trimpath -tags "$tags" \
-            -ldflags "$ldflags" -o "$out.tmp.$$" .
+            -ldflags "$ldflags" -o "$out.tmp.$$" "$pkg"
     ) || { rm -f "$out.tmp.$$"; die "go build of $name $version failed"; }
     mv -f "$out.tmp.$$" "$out"
 
@@ -161,10 +195,13 @@ build() {
     log "built $out in $((SECONDS - start))s ($(du -h "$out" | cut -f1))"
 }
 
-# resolve NAME ENVVAR VERSION -> sets RESOLVED to the binary path (building if needed)
+# resolve NAME -> sets RESOLVED to the binary path (building if needed)
 RESOLVED=""
 resolve() {
-    local name="$1" var="$2" version="$3" from_env
+    local name="$1" var version_var version from_env
+    var="$(upper "$name")_BIN"
+    version_var="$(upper "$name")_VERSION"
+    version="${!version_var}"
     from_env="${!var:-}"
     if [ -n "$from_env" ]; then
         [ -x "$from_env" ] || die "$var=$from_env is not an executable file"
@@ -176,36 +213,39 @@ resolve() {
         return
     fi
     local cached="$bin_dir/$name-$version"
-    if [ "${AGENTS_REBUILD:-0}" != 1 ] && [ -x "$cached" ] && "$cached" version >/dev/null 2>&1; then
+    if [ "${AGENTS_REBUILD:-0}" != 1 ] && [ -x "$cached" ] && "$cached" "$(version_arg "$name")" >/dev/null 2>&1; then
         RESOLVED="$cached"
         return
     fi
     if [ "$no_build" = 1 ]; then
-        printf '[agents] no `%s` binary: $%s is unset, none on PATH and %s does not exist. Run `make agents` (bash tools/agents/build.sh) to build the pinned consul/nomad.\n' \
-            "$name" "$var" "$cached" >&2
+        printf '[agents] no `%s` binary: $%s is unset, none on PATH and %s does not exist. Run `make agents` (bash tools/agents/build.sh) to build the pinned %s.\n' \
+            "$name" "$var" "$cached" "$name" >&2
         exit 3
     fi
     case "$name" in
         consul)
-            build consul github.com/hashicorp/consul "$CONSUL_VERSION" "$CONSUL_SUBMODULES" "" "${CONSUL_GIT_COMMIT:-}" 0 "${CONSUL_NOSUMDB_PINS:-}"
+            build consul github.com/hashicorp/consul "$CONSUL_VERSION" . "$CONSUL_SUBMODULES" "" "${CONSUL_GIT_COMMIT:-}" 0 "${CONSUL_NOSUMDB_PINS:-}"
             ;;
         nomad)
             # cgo when a C compiler exists (exec driver's nsenter); raw_exec works without.
             local cgo=0
             command -v "$(go env CC 2>/dev/null || echo gcc)" >/dev/null 2>&1 && cgo=1
-            build nomad github.com/hashicorp/nomad "$NOMAD_VERSION" "$NOMAD_SUBMODULES" "$NOMAD_TAGS" "${NOMAD_GIT_COMMIT:-}" "$cgo"
+            build nomad github.com/hashicorp/nomad "$NOMAD_VERSION" . "$NOMAD_SUBMODULES" "$NOMAD_TAGS" "${NOMAD_GIT_COMMIT:-}" "$cgo"
+            ;;
+        versitygw)
+            # CGO_ENABLED=0 as upstream's releases (.goreleaser.yaml); no nested modules.
+            build versitygw github.com/versity/versitygw "$VERSITYGW_VERSION" ./cmd/versitygw "" "" "${VERSITYGW_GIT_COMMIT:-}" 0
             ;;
     esac
     RESOLVED="$cached"
 }
 
 if [ "$no_build" = 1 ]; then
-    for name in "${@:-consul nomad}"; do
+    for name in "${@:-$agents}"; do
         for one in $name; do
-            case "$one" in
-                consul) resolve consul CONSUL_BIN "$CONSUL_VERSION" ;;
-                nomad) resolve nomad NOMAD_BIN "$NOMAD_VERSION" ;;
-                *) die "unknown agent '$one' (consul or nomad)" ;;
+            case " $agents " in
+                *" $one "*) resolve "$one" ;;
+                *) die "unknown agent '$one' (one of: $agents)" ;;
             esac
             printf '%s %s\n' "$one" "$RESOLVED"
         done
@@ -225,21 +265,24 @@ for stale in "$cache_root"/src-*; do
     rm -rf "$stale"
 done
 
-resolve consul CONSUL_BIN "$CONSUL_VERSION"
-consul_bin="$RESOLVED"
-resolve nomad NOMAD_BIN "$NOMAD_VERSION"
-nomad_bin="$RESOLVED"
+for name in $agents; do
+    resolve "$name"
+    printf -v "${name}_bin" '%s' "$RESOLVED"
+done
 drop_scratch_caches
 
 {
     printf '# written by tools/agents/build.sh\n'
-    printf 'CONSUL_BIN=%s\n' "$consul_bin"
-    printf 'NOMAD_BIN=%s\n' "$nomad_bin"
+    for name in $agents; do
+        bin_var="${name}_bin"
+        printf '%s_BIN=%s\n' "$(upper "$name")" "${!bin_var}"
+    done
 } >"$env_file.tmp"
 mv -f "$env_file.tmp" "$env_file"
 
-printf 'consul %s\n' "$consul_bin"
-"$consul_bin" version | sed 's/^/  /'
-printf 'nomad %s\n' "$nomad_bin"
-"$nomad_bin" version | sed 's/^/  /'
+for name in $agents; do
+    bin_var="${name}_bin"
+    printf '%s %s\n' "$name" "${!bin_var}"
+    "${!bin_var}" "$(version_arg "$name")" | sed 's/^/  /'
+done
 printf 'env %s\n' "$env_file"
