@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 # Go builds the Consul and Nomad agents and versitygw (S3) when no binary is found (tools/agents/build.sh).
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up test venv redis-server agents lint bench clean
+.PHONY: up test venv redis-server monitoring-tools agents lint bench clean
 
 # Pinned dependencies: service.lock is what the images install, dev.lock adds the test and local
 # extras (pinned to the same versions). Installing both here means tests run on what the image ships.
@@ -44,12 +44,24 @@ up: $(UP_DEPS)
 redis-server:
 	@bash scripts/ensure-command.sh redis-server redis-server
 
+## promtool, prometheus, amtool and alertmanager for the monitoring tests: amtool and alertmanager
+## as redis-server (apt-get as root, else say what to install); Prometheus with Consul discovery,
+## which Debian's package lacks, built once and cached like the agents (monitoring/tools/).
+monitoring-tools:
+	@bash monitoring/tools/prometheus-tools.sh
+
 ## Real Consul, Nomad and versitygw (S3 store) binaries for tests: found, or built once and cached (~/.cache).
 agents:
 	@bash tools/agents/build.sh
 
+## Headless Chromium for the Consul UI test (tests/test_consul_ui.py): Debian's chromium package,
+## installed like redis-server (apt-get as root, else say what to install). No browser download.
+.PHONY: chromium
+chromium:
+	@bash scripts/ensure-command.sh chromium chromium
+
 ## Run every test, doing all set-up first.
-test: $(STAMP) redis-server agents
+test: $(STAMP) redis-server chromium monitoring-tools agents
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

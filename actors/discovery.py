@@ -18,6 +18,7 @@ import aiohttp
 import consul
 
 from comfy_service import constants as c
+from comfy_service import metrics
 from comfy_service.consul_client import async_client
 from comfy_service.logs import event
 
@@ -85,11 +86,13 @@ async def watch_consul(address: str, service: str, token: str | None,
                     service, index=index, wait=f"{BLOCKING_WAIT_S}s")
             except (TimeoutError, aiohttp.ClientError, consul.ConsulException) as exc:
                 failures += 1
+                metrics.consul_up(0)
                 event(log, "discovery.consul_unreachable", logging.WARNING,
                       reason=f"{type(exc).__name__}: {exc}", keeping="last good view")
                 await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S)) - 1])
                 continue
             failures = 0
+            metrics.consul_up(1)
             if index is not None and int(new_index) < int(index):
                 new_index = None  # Consul restarted and its index went back: start over
             index = new_index

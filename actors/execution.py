@@ -35,6 +35,9 @@ log = logging.getLogger("actors.execution")
 SILENCE_CHECK_S = 2.0      # no message for this long: look the prompt up in history
 ADOPTED_POLL_S = 0.25      # an adopted prompt reports to the dead worker's socket: poll
 PROGRESS_WRITE_S = 0.2     # at most this often a progress update is written to Redis
+# What shows a node making progress on a task (NodeStuck: slots used and none of these).
+PROGRESS_EVENTS = frozenset({"execution_start", "progress", "executing", "executed",
+                             "execution_success", "execution_error", "execution_interrupted"})
 
 
 class _Cancelled(Exception):
@@ -98,6 +101,7 @@ class TaskRun:
                 outcome = "released"
                 return
             if self.adopted:
+                metrics.REATTACHMENTS.inc()
                 self.attempt = record.attempts
                 event(log, "task.adopted", task_id=self.task_id, node=self.link.name,
                       attempt=record.attempts)
@@ -182,6 +186,8 @@ class TaskRun:
             data = message.get("data") or {}
             if message is LOST:
                 raise NodeLost(f"lost the connection to {self.link.name}")
+            if kind in PROGRESS_EVENTS:
+                metrics.NODE_PROGRESS.labels(self.link.name).inc()
             if kind == "execution_start":
                 record = await self._started()
                 self._deadline = time.monotonic() + timeout_s
@@ -295,7 +301,6 @@ class TaskRun:
                             "content_type": media.content_type,
                             "bytes": saved.size, "sha256": saved.sha256})
         await self._update(lambda r: tasks.succeeded(r, outputs, tasks.utc_now()))
-        metrics.TASKS_FINISHED.labels(status="succeeded").inc()
         event(log, "task.succeeded", task_id=self.task_id, node=self.link.name,
               attempt=self.attempt, outputs=len(outputs))
         return "succeeded"
@@ -305,7 +310,6 @@ class TaskRun:
             await self._update(lambda r: tasks.failed(r, failure.as_error(), tasks.utc_now()))
         except _StaleAttempt:
             return "stale"
-        metrics.TASKS_FINISHED.labels(status="failed").inc()
         event(log, "task.failed", logging.WARNING, task_id=self.task_id, node=self.link.name,
               attempt=self.attempt, code=failure.code)
         return f"failed:{failure.code}"
@@ -328,9 +332,9 @@ class TaskRun:
         event(log, "task.node_lost", logging.WARNING, task_id=self.task_id, node=self.link.name,
               attempt=self.attempt, reason=exc.message, next=record.status)
         if record.status == tasks.QUEUED:
+            metrics.FAILOVERS.inc()
             await self.ctx.store.enqueue_ready(record)
             return "requeued"
-        metrics.TASKS_FINISHED.labels(status=record.status).inc()
         return record.status
 
     # --- cancel and timeout ------------------------------------------------------------------
@@ -359,6 +363,5 @@ class TaskRun:
             await self._update(lambda r: tasks.cancelled(r, tasks.utc_now()))
         except _StaleAttempt:
             pass
-        metrics.TASKS_FINISHED.labels(status="cancelled").inc()
         event(log, "task.cancelled", task_id=self.task_id, node=self.link.name)
         return "cancelled"

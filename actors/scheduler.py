@@ -9,10 +9,13 @@ its first prompt still runs and the GPU never waits for a round trip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from actors import tasks
 from actors.discovery import DiscoveredNode, static_nodes, watch_consul
@@ -110,6 +113,10 @@ class Scheduler:
         for name in [n for n in self.ctx.links if n not in current]:
             link = self.ctx.links.pop(name)
             self._meta.pop(name, None)
+            for gauge in (metrics.NODE_UP, metrics.NODE_HEALTHY, metrics.SLOTS_USED,
+                          metrics.SLOTS_FREE, metrics.NODE_PROGRESS):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
             self._info_published.discard(name)
             await self.ctx.store.forget_node(name)
             # Its tasks are told at once that the node is lost: they go back in line with one
@@ -161,6 +168,8 @@ class Scheduler:
             used = await store.slots_used(list(self.ctx.links))
             views = self._views(used)
             if not any(v.healthy and v.free > 0 for v in views):
+                if await store.ready_count():
+                    metrics.BIND_DECISIONS.labels("no_free_slot").inc()
                 return
             waiting = await store.ready_count()
             for task_id in await store.peek_ready(LOOKAHEAD):
@@ -170,6 +179,7 @@ class Scheduler:
                         task_id, chosen.name, slots, self.settings.worker_id,
                         self.settings.lease_ttl_s):
                     self._needs.pop(task_id, None)
+                    metrics.BIND_DECISIONS.labels("bound").inc()
                     self._start(TaskRun(self.ctx, task_id, self.ctx.links[chosen.name]))
                     break
             else:
@@ -277,6 +287,7 @@ class Scheduler:
         except tasks.InvalidTransition:
             return
         if updated is not None and updated.status == tasks.QUEUED:
+            metrics.FAILOVERS.inc()
             await self.ctx.store.enqueue_ready(updated)
             self.ctx.wake.set()
         event(log, "task.orphaned", logging.WARNING, task_id=record.task_id, node=node)
@@ -306,6 +317,15 @@ class Scheduler:
                 event(log, "worker.pubsub_lost", logging.WARNING, exc_info=True)
                 await asyncio.sleep(1.0)
 
+    def _node_metrics(self, name: str, up: bool, used: int) -> None:
+        healthy = up and name not in self._draining
+        metrics.NODE_UP.labels(name).set(1 if up else 0)
+        metrics.NODE_HEALTHY.labels(name).set(1 if healthy else 0)
+        metrics.SLOTS_USED.labels(name).set(used)
+        metrics.SLOTS_FREE.labels(name).set(max(0, self.settings.node_slots - used)
+                                            if healthy else 0)
+        metrics.NODE_PROGRESS.labels(name)  # the series exists (at 0) before the first task
+
     async def _snapshot_forever(self) -> None:
         while True:
             try:
@@ -317,13 +337,21 @@ class Scheduler:
                                        "slots": self.settings.node_slots, "slots_used": used[name],
                                        "queue_remaining": link.queue_remaining,
                                        "worker": self.settings.worker_id}
-                    metrics.SLOTS_IN_USE.labels(node=name).set(used[name])
-                    metrics.NODE_UP.labels(node=name).set(1 if link.healthy else 0)
+                    self._node_metrics(name, link.healthy, used[name])
                     if link.object_info is not None and name not in self._info_published:
                         await store.publish_object_info(name, link.object_info)
                         self._info_published.add(name)
                 await store.publish_nodes(snapshots)
-                metrics.READY_TASKS.set(await store.ready_count())
+                metrics.NODES_HEALTHY.set(sum(1 for name, link in self.ctx.links.items()
+                                              if link.healthy and name not in self._draining))
+                metrics.TASKS_WAITING.set(await store.ready_count())
+                oldest = await store.oldest_waiting_ms()
+                metrics.OLDEST_WAITING_AGE.set(
+                    0 if oldest is None else max(0.0, time.time() - oldest / 1000))
+                metrics.REDIS_UP.set(1)
+            except RedisError:
+                metrics.REDIS_UP.set(0)
+                event(log, "worker.snapshot_failed", logging.WARNING, exc_info=True)
             except Exception:
                 event(log, "worker.snapshot_failed", logging.WARNING, exc_info=True)
             await asyncio.sleep(SNAPSHOT_S)

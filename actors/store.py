@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from actors.task_metrics import observe_transition
 from actors.tasks import TaskRecord
 from comfy_service import constants as c
 
@@ -160,6 +161,7 @@ class TaskStore:
                     else:
                         pipe.set(key, json.dumps(new.to_dict()))
                     await pipe.execute()
+                    observe_transition(record, new)
                     return new
                 except WatchError:
                     continue
@@ -184,6 +186,15 @@ class TaskStore:
 
     async def ready_count(self) -> int:
         return int(await self.redis.zcard(c.READY_KEY))
+
+    async def oldest_waiting_ms(self, sample: int = 100) -> int | None:
+        """Acceptance time (ms) of the oldest waiting task, from both ends of the ready queue
+        (the best and the lowest priorities): a starved low-priority task shows too."""
+        ends = await self.redis.zrange(c.READY_KEY, 0, sample - 1, withscores=True) + \
+            await self.redis.zrange(c.READY_KEY, -sample, -1, withscores=True)
+        if not ends:
+            return None
+        return min(int(entry[1]) % _SEQ_SPAN for entry in ends) + _EPOCH_MS
 
     async def peek_ready(self, count: int) -> list[str]:
         """The first `count` waiting tasks, best first."""

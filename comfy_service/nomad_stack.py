@@ -31,6 +31,9 @@ LOCAL_DRAIN_TIMEOUT_S = 60
 REQUEST_TIMEOUT_S = 10.0
 
 
+LOCAL_PASSTHROUGH_ENV = ("GPU_READINGS_FILE",)
+
+
 class NomadCluster:
     """Local Consul + Nomad agents and the jobs they run; `lines` says what is where."""
 
@@ -124,9 +127,12 @@ def run_jobs(cluster: NomadCluster, redis_url: str, api_port: int, sim_nodes: in
              sim_step_ms: float, output_dir: pathlib.Path, api_keys: str) -> str:
     """`nomad job run` both jobs; wait for the sidecars and the gateway; the gateway URL."""
     assert cluster.consul is not None
+    # Simulated nodes have no GPU: GPU_READINGS_FILE (a JSON reading) lets their sidecars
+    # report one, so GPU metrics and Meta can be seen and tested locally.
+    passed = {k: cluster.environ[k] for k in LOCAL_PASSTHROUGH_ENV if cluster.environ.get(k)}
     local = LocalRun(python=sys.executable, redis_server="redis-server",
                      consul_addr=cluster.consul.http_addr, output_dir=str(output_dir),
-                     data_dir=str(cluster.run_dir), sim_step_ms=sim_step_ms)
+                     data_dir=str(cluster.run_dir), sim_step_ms=sim_step_ms, env=passed)
     cluster.put_variable(f"nomad/jobs/{NODE_JOB}", {"consul_token": ""})
     cluster.put_variable(f"nomad/jobs/{SERVICE_JOB}", {"api_keys": api_keys, "consul_token": ""})
     cluster.run_job(NODE_JOB, {"nodes": sim_nodes, "instances_per_gpu": 1,

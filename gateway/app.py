@@ -22,7 +22,6 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -164,7 +163,7 @@ class Gateway:
         if not created:
             raise over_quota(caller.limits)
         self.broker.enqueue(admit_message(task_id))
-        metrics.TASKS_SUBMITTED.labels(workflow=parsed.workflow or "custom").inc()
+        metrics.TASKS_ACCEPTED.labels(parsed.workflow or "custom").inc()
         event(log, "task.accepted", task_id=task_id, workflow=parsed.workflow or "custom",
               priority=parsed.priority)
         return JSONResponse(answer, status_code=202,
@@ -303,7 +302,8 @@ class Gateway:
                              "tasks_waiting": await self.store.ready_count()})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
 
 async def stop_when_orphaned(interval_s: float = 1.0) -> None:
@@ -405,6 +405,18 @@ def _guard(handler: Callable[[Request], Awaitable[Response]]
     return endpoint
 
 
+def _counting_rejections(handler: Callable[[Request], Awaitable[Response]]
+                         ) -> Callable[[Request], Awaitable[Response]]:
+    """Refused generate requests, by their stable error code (a metric, not a log line)."""
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ServiceError as exc:
+            metrics.TASKS_REJECTED.labels(exc.code).inc()
+            raise
+    return endpoint
+
+
 def create_app(settings: Settings, templates: dict[str, Template] | None = None) -> Starlette:
     gateway = Gateway(settings, templates if templates is not None
                       else load_templates(settings.workflows_dir))
@@ -439,7 +451,8 @@ def create_app(settings: Settings, templates: dict[str, Template] | None = None)
         return _error_response(ServiceError("internal error; the request id is in the logs"))
 
     routes = [
-        Route("/api/v1/generate", _guard(gateway.generate), methods=["POST"]),
+        Route("/api/v1/generate", _counting_rejections(_guard(gateway.generate)),
+              methods=["POST"]),
         Route("/api/v1/tasks/{task_id}", _guard(gateway.get_task), methods=["GET"]),
         Route("/api/v1/tasks/{task_id}", _guard(gateway.cancel_task), methods=["DELETE"]),
         Route("/api/v1/tasks/{task_id}/outputs/{index:int}", _guard(gateway.get_output),

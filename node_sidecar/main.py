@@ -19,7 +19,7 @@ from typing import Any
 
 import consul
 import httpx
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import Gauge, Histogram, start_http_server
 
 from comfy_service import __version__, logs
 from comfy_service.consul_client import sync_client
@@ -43,6 +43,9 @@ POWER = Gauge("DCGM_FI_DEV_POWER_USAGE", "Power draw (W)", ["gpu", "UUID"])
 QUEUE_RUNNING = Gauge("comfyui_queue_running", "Prompts ComfyUI is executing")
 QUEUE_PENDING = Gauge("comfyui_queue_pending", "Prompts waiting in ComfyUI's queue")
 COMFYUI_UP = Gauge("comfyui_up", "1 while the sidecar's probes of ComfyUI succeed")
+PROBE_SECONDS = Histogram("comfyui_probe_duration_seconds",
+                          "Time ComfyUI took to answer a probe (/queue and /system_stats)",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 
 
 class Sidecar:
@@ -124,7 +127,7 @@ class Sidecar:
                 self.consul.agent.check.ttl_fail(self.ttl_check, notes="ComfyUI probe failed")
                 return
             current = node_meta.meta(load, self.settings.slots, self.settings.weight,
-                                     self._versions())
+                                     self._versions(), self.settings.listen_port)
             due = time.monotonic() - self._meta_at >= self.settings.meta_min_interval_s
             if due and node_meta.changed_enough(self._meta, current):
                 self.register(load)
@@ -135,9 +138,11 @@ class Sidecar:
 
     # --- probes and registration ---------------------------------------------------------------
     def probe(self) -> node_meta.NodeLoad | None:
+        started = time.perf_counter()
         try:
             queue = self.http.get("/queue").json()
             stats = self.http.get("/system_stats").json()
+            PROBE_SECONDS.observe(time.perf_counter() - started)
         except (httpx.HTTPError, ValueError) as exc:
             COMFYUI_UP.set(0)
             event(log, "sidecar.probe_failed", logging.WARNING, reason=type(exc).__name__)
@@ -165,7 +170,8 @@ class Sidecar:
 
     def register(self, load: node_meta.NodeLoad) -> None:
         settings = self.settings
-        values = node_meta.meta(load, settings.slots, settings.weight, self._versions())
+        values = node_meta.meta(load, settings.slots, settings.weight, self._versions(),
+                                settings.listen_port)
         http_check: dict[str, Any] = consul.Check.http(
             f"{settings.comfyui_url}/queue", interval=f"{max(1, int(settings.probe_interval_s))}s",
             timeout="2s", deregister=settings.deregister_after)

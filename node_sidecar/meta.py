@@ -36,13 +36,16 @@ def tags(load: NodeLoad, capabilities: tuple[str, ...]) -> list[str]:
     return found + [f"cap-{c}" for c in capabilities]
 
 
-def meta(load: NodeLoad, slots: int, weight: float, versions: Mapping[str, str]) -> dict[str, str]:
+def meta(load: NodeLoad, slots: int, weight: float, versions: Mapping[str, str],
+         metrics_port: int = 0) -> dict[str, str]:
     gpu = load.gpu
     values = {
         "queue_running": str(load.queue_running), "queue_pending": str(load.queue_pending),
         "slots": str(slots), "weight": f"{weight:g}", "gpu_source": "none" if gpu is None else "gpu",
         **{f"{name}_version": version for name, version in versions.items()},
     }
+    if metrics_port:  # where Prometheus scrapes this sidecar (found through Consul)
+        values["metrics_port"] = str(metrics_port)
     if gpu is not None:
         values.update({
             "gpu_uuid": gpu.uuid, "gpu_name": gpu.name[:200], "gpu_index": str(gpu.index),

@@ -230,6 +230,26 @@ job "comfy-service" {
   group "worker" {
     count = var.worker.count
 
+    # Each worker process is scraped on its own port, found by Prometheus through Consul
+    # (monitoring/prometheus.yml): workers are independent processes, Prometheus sums them.
+    network {
+      port "metrics" {}
+    }
+
+    service {
+      name = "comfy-worker"
+      port = "metrics"
+      tags = ["metrics"]
+
+      check {
+        name     = "worker metrics"
+        type     = "http"
+        path     = "/metrics"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
     # Workers hand their tasks to another worker on SIGTERM; a crash is covered by leases.
     restart {
       attempts = 10
@@ -248,11 +268,16 @@ job "comfy-service" {
       kill_timeout = "30s"
 
       config {
-        image = var.image
-        args  = ["worker"]
+        image        = var.image
+        network_mode = "host"
+        args         = ["worker"]
+        ports        = ["metrics"]
       }
 
-      env = local.common_env
+      env = merge(local.common_env, {
+        API_HOST            = "$${NOMAD_IP_metrics}"
+        WORKER_METRICS_PORT = "$${NOMAD_PORT_metrics}"
+      })
 
       template {
         destination = "${NOMAD_SECRETS_DIR}/service.env"

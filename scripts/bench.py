@@ -3,6 +3,7 @@
   submit   accepted submits/s and latency of POST /api/v1/generate (gateway + Redis)
   fleet    efficiency and per-node idle gaps with N simulated nodes, against a naive client
   recover  time from a SIGKILLed worker to another worker adopting its running task
+  metrics  the gateway's submit rate with and without its metrics (bench_metrics)
   store    an output copied from a node into the store and read back, local vs S3 (bench_store)
   mesh     nodes of speeds 1x/2x/4x through Consul (makespan vs ideal and round-robin), and
            failover time from a killed or hung node to its task running elsewhere
@@ -419,6 +420,11 @@ def main(argv: list[str]) -> int:
         if which in ("nomad", "all"):
             print("\n| Nomad deployment (2 simulated nodes, raw_exec) | time |\n| --- | --- |")
             print("\n".join(bench_nomad(root)), flush=True)
+        if which in ("metrics", "all"):
+            from scripts.bench_metrics import HEADER as METRICS_HEADER
+            from scripts.bench_metrics import bench_metrics
+            print("\n" + METRICS_HEADER)
+            print("\n".join(bench_metrics(root)), flush=True)
         if which in ("store", "all"):
             from scripts.bench_store import HEADER, bench_store
             print("\n" + HEADER)

@@ -37,6 +37,7 @@ class AclConsul:
     management: str
     sidecar_token: str
     worker_token: str
+    prometheus_token: str
 
     def api(self, method: str, path: str, token: str | None, body: Any = None,
             **params: str) -> httpx.Response:
@@ -96,7 +97,8 @@ acl {{
     with managed(agent, KEEP_DIRS) as started:
         yield AclConsul(started, management,
                         sidecar_token=_create_token(started, management, "comfyui-sidecar"),
-                        worker_token=_create_token(started, management, "comfy-worker"))
+                        worker_token=_create_token(started, management, "comfy-worker"),
+                        prometheus_token=_create_token(started, management, "prometheus"))
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +286,23 @@ def test_a_worker_without_a_token_finds_no_nodes(
     assert any(e["Service"]["ID"] == registered.service_id for e in acl_consul.passing())
     # When a worker watches Consul with no token, Then Consul shows it no node
     assert _first_view(acl_consul, None, want=None) == []
+
+
+def test_the_prometheus_token_discovers_the_nodes_and_their_meta(
+        acl_consul: AclConsul, registered: SidecarRun) -> None:
+    # Given the node is passing; When Prometheus's consul_sd asks with its token for the
+    # services, then for each one's instances (the two calls it makes)
+    def get(path: str, token: str | None) -> Any:
+        headers = {"X-Consul-Token": token} if token else {}
+        answer = httpx.get(f"{acl_consul.agent.url}{path}", headers=headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+    services = get("/v1/catalog/services", acl_consul.prometheus_token)
+    entries = get(f"/v1/health/service/{SERVICE}", acl_consul.prometheus_token)
+    # Then it sees the node with the Meta the relabelling reads (GPU UUID, metrics port)
+    assert SERVICE in services
+    (entry,) = [e for e in entries if e["Service"]["ID"] == registered.service_id]
+    assert entry["Service"]["Meta"]["gpu_uuid"] == "GPU-allowed"
+    assert entry["Node"]["Address"]
+    # And without the token it sees nothing
+    assert SERVICE not in get("/v1/catalog/services", None)
