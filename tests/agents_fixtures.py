@@ -45,6 +45,7 @@ from comfy_service.agents.process import (
     short_tmpdir,
 )
 from comfy_service.polling import wait_until as _wait_until
+from tests.support.processes import required_binary
 
 __all__ = [
     "AgentBinaryNotFound",
@@ -111,11 +112,7 @@ def http_json(
 
 def _require_binary(name: str) -> str:
     """``agent_binary`` for fixtures: a missing binary fails (never skips) the test."""
-    try:
-        return agent_binary(name)
-    except AgentBinaryNotFound as exc:
-        message = str(exc)
-    pytest.fail(message, pytrace=False)
+    return required_binary(agent_binary, name, AgentBinaryNotFound)
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -30,7 +30,7 @@ from tests.support.monitoring import (
     render_prometheus_config,
     tool_binary,
 )
-from tests.support.processes import ROOT, free_port
+from tests.support.processes import ROOT, free_port, required_binary
 
 ALERT_TESTS = MONITORING / "tests" / "alerts_test.yml"
 DASHBOARD = MONITORING / "dashboards" / "comfy-service.json"
@@ -72,19 +72,11 @@ PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group
 
 def tool(name: str) -> str:
     """The binary, or a failure (never a skip) saying how to get it."""
-    try:
-        return tool_binary(name)
-    except MonitoringToolNotFound as exc:
-        message = str(exc)
-    pytest.fail(message, pytrace=False)
+    return required_binary(tool_binary, name, MonitoringToolNotFound)
 
 
 def nomad_binary() -> str:
-    try:
-        return agent_binary("nomad")
-    except AgentBinaryNotFound as exc:
-        message = str(exc)
-    pytest.fail(message, pytrace=False)
+    return required_binary(agent_binary, "nomad", AgentBinaryNotFound)
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 import httpx
@@ -32,6 +32,18 @@ class Watched(Protocol):
     def alive(self) -> bool: ...
 
     def log_tail(self, lines: int = ...) -> str: ...
+
+
+def required_binary(lookup: Callable[[str], str], name: str,
+                    missing: type[Exception]) -> str:
+    """`lookup(name)` for a test: a missing binary fails it (never skips), with the lookup's
+    own words on how to get the binary."""
+    import pytest
+    try:
+        return lookup(name)
+    except missing as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)
 
 
 def serving(proc: Watched, url: str, what: str) -> bool:
