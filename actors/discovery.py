@@ -2,9 +2,10 @@
 
 The Consul view is kept fresh with blocking queries on the health endpoint; if Consul is briefly
 unreachable the last good view stays in use, so dispatch does not stop. A node whose checks all
-pass takes work. A node whose only failing check is Consul maintenance is draining (its sidecar
-is letting the running prompts finish before Nomad stops it): it keeps its tasks but takes no
-new ones. Any other failing check means the node is gone, and its tasks fail over.
+pass takes work. A node whose only failing check is Consul maintenance is cordoned or draining
+(comfy_service/availability.py: an operator's request, or its sidecar letting the running
+prompt finish before Nomad stops it): it takes no new task. Any other failing check means the
+node is gone, and its tasks fail over.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import consul
 
 from comfy_service import constants as c
 from comfy_service import metrics
+from comfy_service.availability import CORDONED, DRAINING, READY, state_of_maintenance
 from comfy_service.consul_client import async_client
 from comfy_service.logs import event
 
@@ -26,6 +28,7 @@ log = logging.getLogger("actors.discovery")
 
 BLOCKING_WAIT_S = 30
 RETRY_S = (0.5, 1.0, 2.0, 5.0)
+FAILING = "failing"
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,11 @@ class DiscoveredNode:
     name: str
     url: str
     meta: Mapping[str, str] = field(default_factory=dict)
-    draining: bool = False
+    availability: str = READY
+
+    @property
+    def takes_work(self) -> bool:
+        return self.availability == READY
 
 
 Listener = Callable[[list[DiscoveredNode]], Awaitable[None]]
@@ -49,15 +56,19 @@ def _is_maintenance(check: Mapping[str, object]) -> bool:
 
 
 def health_state(checks: list[Mapping[str, object]]) -> str:
-    """"passing", "draining" (only maintenance fails) or "failing", from a node's checks (pure)."""
+    """READY, CORDONED or DRAINING (only maintenance checks fail; the maintenance reason says
+    which) or FAILING, from a node's checks (pure)."""
     failing = [check for check in checks if check.get("Status") != "passing"]
     if not failing:
-        return "passing"
-    return "draining" if all(_is_maintenance(check) for check in failing) else "failing"
+        return READY
+    if not all(_is_maintenance(check) for check in failing):
+        return FAILING
+    states = {state_of_maintenance(str(check.get("Notes") or "")) for check in failing}
+    return DRAINING if DRAINING in states else CORDONED
 
 
 def parse_health(entries: list[dict[str, object]]) -> list[DiscoveredNode]:
-    """The passing and draining nodes of /v1/health/service/<name> (pure)."""
+    """The nodes of /v1/health/service/<name> that are not failing (pure)."""
     nodes = []
     for entry in entries:
         service = entry.get("Service") or {}
@@ -65,11 +76,11 @@ def parse_health(entries: list[dict[str, object]]) -> list[DiscoveredNode]:
         checks = entry.get("Checks") or []
         assert isinstance(service, dict) and isinstance(node, dict) and isinstance(checks, list)
         state = health_state(checks)
-        if state == "failing":
+        if state == FAILING:
             continue
         address = service.get("Address") or node.get("Address")
         nodes.append(DiscoveredNode(str(service["ID"]), f"http://{address}:{service['Port']}",
-                                    dict(service.get("Meta") or {}), state == "draining"))
+                                    dict(service.get("Meta") or {}), state))
     return sorted(nodes, key=lambda n: n.name)
 
 

@@ -2,8 +2,10 @@
 
 Outcomes: succeeded with outputs; failed with execution_error, invalid_workflow or timeout;
 cancelled; or, when the node is lost, back in the ready queue with one attempt spent (failed
-with node_lost once MAX_ATTEMPTS is reached). A result that arrives for an attempt that is no
-longer current (the task already moved to another node) is discarded.
+with node_lost once MAX_ATTEMPTS is reached); or, when its node drains before the prompt
+started, taken off the node and back in the ready queue with the attempt given back. A result
+that arrives for an attempt that is no longer current (the task already moved to another node)
+is discarded.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from actors import tasks
 from actors.node_inputs import NodeInputs
 from actors.node_link import LOST, NodeLink
 from actors.retention import Retention
+from actors.speeds import SpeedEstimator
 from actors.store import TaskStore
 from actors.tasks import TaskRecord
 from comfy_service import metrics
@@ -40,8 +43,20 @@ PROGRESS_EVENTS = frozenset({"execution_start", "progress", "executing", "execut
                              "execution_success", "execution_error", "execution_interrupted"})
 
 
+def speed_kind(record: TaskRecord) -> str:
+    """What a prompt's time is compared with: the same workflow at the same size."""
+    params = record.params or {}
+    size = f"@{params['width']}x{params['height']}" if "width" in params and "height" in params \
+        else ""
+    return f"{record.workflow or 'workflow_json'}{size}"
+
+
 class _Cancelled(Exception):
     pass
+
+
+class _MovedBack(Exception):
+    """The prompt was taken off its draining node before it started."""
 
 
 class _StaleAttempt(Exception):
@@ -56,8 +71,11 @@ class WorkerContext:
     blobs: BlobStore
     retention: Retention
     inputs: NodeInputs
+    speeds: SpeedEstimator = field(default_factory=SpeedEstimator)
     owned: dict[str, TaskRun] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Nodes draining (availability.DRAINING): prompts still waiting there go back in line.
+    draining: set[str] = field(default_factory=set)
 
 
 class TaskRun:
@@ -72,13 +90,19 @@ class TaskRun:
         self._deadline: float | None = None
         self._interrupt_sent = False
         self._last_progress_write = 0.0
+        self._executing_since: float | None = None  # for the node's speed (actors/speeds.py)
+        self._steps = 0.0
         self._messages: asyncio.Queue[dict[str, Any]] | None = None
         self.handle: asyncio.Task[None] | None = None
 
     def request_cancel(self) -> None:
         self._cancel.set()
+        self.nudge()
+
+    def nudge(self) -> None:
+        """Look at cancel and drain requests now, not at the next poll."""
         if self._messages is not None:
-            self._messages.put_nowait({"type": "_wake"})  # react now, not at the next poll
+            self._messages.put_nowait({"type": "_wake"})
 
     # --- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -121,6 +145,8 @@ class TaskRun:
                 outcome = await self._follow(record, messages, poll=False)
         except _StaleAttempt:
             outcome = "stale"
+        except _MovedBack:
+            outcome = await self._requeue_moved()
         except _Cancelled:
             outcome = await self._finish_cancelled()
         except NodeLost as exc:
@@ -161,6 +187,8 @@ class TaskRun:
             if self._cancel.is_set():
                 await self._stop_on_node(record)
                 self._cancel.clear()
+            if record.status == tasks.QUEUED and self.link.name in self.ctx.draining:
+                await self._take_off_draining_node()
             if self._deadline is not None and time.monotonic() > self._deadline \
                     and not self._interrupt_sent:
                 await self._send_interrupt()
@@ -189,9 +217,11 @@ class TaskRun:
             if kind in PROGRESS_EVENTS:
                 metrics.NODE_PROGRESS.labels(self.link.name).inc()
             if kind == "execution_start":
+                self._executing_since = time.monotonic()
                 record = await self._started()
                 self._deadline = time.monotonic() + timeout_s
             elif kind == "progress":
+                self._steps = max(self._steps, float(data.get("max") or 0))
                 await self._progress(data.get("value", 0), data.get("max", 0))
             elif kind in ("execution_success", "execution_error", "execution_interrupted"):
                 entry = await self.link.http.history(self.task_id)
@@ -284,6 +314,9 @@ class TaskRun:
         record = await self.ctx.store.get(self.task_id)
         if record is None or record.attempts != self.attempt or record.node != self.link.name:
             raise _StaleAttempt()
+        if self._executing_since is not None:
+            self.ctx.speeds.observe(self.link.name, speed_kind(record),
+                                    time.monotonic() - self._executing_since, self._steps)
         settings, blobs = self.ctx.settings, self.ctx.blobs
         files = output_files(entry.get("outputs") or {}, record.graph)
         if files:  # noted before the first write: even a half-stored set is swept in the end
@@ -353,6 +386,29 @@ class TaskRun:
             entry = await self.link.http.history(self.task_id)
             if entry is None:
                 raise _Cancelled()
+
+    # --- drain ----------------------------------------------------------------------------------
+    async def _take_off_draining_node(self) -> None:
+        """The node drains and this prompt has not started: delete it from the node's queue.
+        Gone from queue and history: it never ran, so it goes back in line (_MovedBack). Still
+        there: it started meanwhile (or the delete lost a race) and finishes here."""
+        await self.link.http.delete_pending(self.task_id)
+        running, pending = await self.link.http.queue()
+        if self.task_id in running or self.task_id in pending:
+            return
+        if await self.link.http.history(self.task_id) is None:
+            raise _MovedBack()
+
+    async def _requeue_moved(self) -> str:
+        try:
+            record = await self._update(tasks.moved_back)
+        except _StaleAttempt:
+            return "stale"
+        metrics.MOVED_BACK.inc()
+        await self.ctx.store.enqueue_ready(record)
+        event(log, "task.moved_back", task_id=self.task_id, node=self.link.name,
+              reason="the node drains and the prompt had not started")
+        return "moved-back"
 
     async def _send_interrupt(self) -> None:
         self._interrupt_sent = True

@@ -29,6 +29,7 @@ from actors.store import TaskStore
 from actors.uploads import UploadStore
 from comfy_service import constants as c
 from comfy_service import metrics
+from comfy_service.availability import DRAINING, READY
 from comfy_service.logs import event
 from comfy_service.settings import Settings
 from comfy_service.storage import BlobStore
@@ -61,7 +62,8 @@ class Scheduler:
         self._info_published: set[str] = set()
         self._meta: dict[str, dict[str, object]] = {}
         self._needs: dict[str, Need] = {}
-        self._draining: set[str] = set()
+        self._unavailable: dict[str, str] = {}  # cordoned or draining nodes and which
+        self._learned: dict[str, float | None] = {}  # speeds from actors/speeds.py, per second
         self._link_count = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -105,19 +107,29 @@ class Scheduler:
     async def apply_nodes(self, nodes: list[DiscoveredNode]) -> None:
         """A new view of the nodes: start links to new ones; fail over from vanished ones."""
         current = {node.name: node for node in nodes}
-        draining = {node.name for node in nodes if node.draining}
-        for name in draining - self._draining:
-            event(log, "node.draining", node=name,
-                  tasks=sum(1 for run in self.ctx.owned.values() if run.link.name == name))
-        self._draining = draining
+        unavailable = {node.name: node.availability for node in nodes if not node.takes_work}
+        for name, state in unavailable.items():
+            if self._unavailable.get(name) != state:
+                event(log, f"node.{state}", node=name,
+                      tasks=sum(1 for run in self.ctx.owned.values() if run.link.name == name))
+        for name in set(self._unavailable) - set(unavailable):
+            if name in current:
+                event(log, "node.ready", node=name)
+        self._unavailable = unavailable
+        self.ctx.draining.clear()
+        self.ctx.draining.update(name for name, state in unavailable.items() if state == DRAINING)
+        for run in list(self.ctx.owned.values()):
+            if run.link.name in self.ctx.draining:
+                run.nudge()  # prompts still waiting there go back in line now
         for name in [n for n in self.ctx.links if n not in current]:
             link = self.ctx.links.pop(name)
             self._meta.pop(name, None)
             for gauge in (metrics.NODE_UP, metrics.NODE_HEALTHY, metrics.SLOTS_USED,
-                          metrics.SLOTS_FREE, metrics.NODE_PROGRESS):
+                          metrics.SLOTS_FREE, metrics.NODE_PROGRESS, metrics.NODE_SPEED):
                 with contextlib.suppress(KeyError):
                     gauge.remove(name)
             self._info_published.discard(name)
+            self.ctx.speeds.forget(name)
             await self.ctx.store.forget_node(name)
             # Its tasks are told at once that the node is lost: they go back in line with one
             # attempt spent and run elsewhere, and their slots here are released.
@@ -144,12 +156,22 @@ class Scheduler:
             if info and "CheckpointLoaderSimple" in info:
                 spec = info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
                 checkpoints = frozenset(spec) if isinstance(spec, list) else None
-            # A draining node finishes what it holds but is offered nothing new.
-            healthy = link.healthy and name not in self._draining
+            # A cordoned or draining node finishes what it holds but is offered nothing new.
+            healthy = link.healthy and name not in self._unavailable
+            fields = {"weight": self._speed(name)[0], **self._meta.get(name, {})}
             views.append(NodeView(name, healthy, self.settings.node_slots, used[name],
                                   classes=classes, checkpoints=checkpoints,
-                                  **self._meta.get(name, {})))  # type: ignore[arg-type]
+                                  **fields))  # type: ignore[arg-type]
         return views
+
+    def _speed(self, name: str) -> tuple[float, str]:
+        """The node's relative speed for the dispatcher, and where it comes from: NODE_WEIGHT
+        when its sidecar says so, else what this worker learned, else typical (1.0)."""
+        configured = self._meta.get(name, {}).get("weight")
+        if isinstance(configured, float):
+            return configured, "configured"
+        learned = self._learned.get(name)
+        return (learned, "learned") if learned is not None else (1.0, "default")
 
     async def _need(self, task_id: str) -> Need | None:
         if task_id not in self._needs:
@@ -318,7 +340,7 @@ class Scheduler:
                 await asyncio.sleep(1.0)
 
     def _node_metrics(self, name: str, up: bool, used: int) -> None:
-        healthy = up and name not in self._draining
+        healthy = up and name not in self._unavailable
         metrics.NODE_UP.labels(name).set(1 if up else 0)
         metrics.NODE_HEALTHY.labels(name).set(1 if healthy else 0)
         metrics.SLOTS_USED.labels(name).set(used)
@@ -331,11 +353,17 @@ class Scheduler:
             try:
                 store = self.ctx.store
                 used = await store.slots_used(list(self.ctx.links))
+                self._learned = self.ctx.speeds.speeds(self.ctx.links)
                 snapshots: dict[str, dict[str, Any]] = {}
                 for name, link in self.ctx.links.items():
+                    speed, speed_source = self._speed(name)
+                    metrics.NODE_SPEED.labels(name).set(speed)
                     snapshots[name] = {"name": name, "url": link.base_url, "healthy": link.healthy,
                                        "slots": self.settings.node_slots, "slots_used": used[name],
                                        "queue_remaining": link.queue_remaining,
+                                       "availability": self._unavailable.get(name, READY),
+                                       "speed": round(speed, 3), "speed_source": speed_source,
+                                       "speed_samples": self.ctx.speeds.samples(name),
                                        "worker": self.settings.worker_id}
                     self._node_metrics(name, link.healthy, used[name])
                     if link.object_info is not None and name not in self._info_published:
@@ -343,7 +371,7 @@ class Scheduler:
                         self._info_published.add(name)
                 await store.publish_nodes(snapshots)
                 metrics.NODES_HEALTHY.set(sum(1 for name, link in self.ctx.links.items()
-                                              if link.healthy and name not in self._draining))
+                                              if link.healthy and name not in self._unavailable))
                 metrics.TASKS_WAITING.set(await store.ready_count())
                 oldest = await store.oldest_waiting_ms()
                 metrics.OLDEST_WAITING_AGE.set(

@@ -121,6 +121,13 @@ def requeued(record: TaskRecord) -> TaskRecord:
     return replace(record, status=QUEUED, node=None, started_at=None, progress=None)
 
 
+def moved_back(record: TaskRecord) -> TaskRecord:
+    """Taken off a draining node before it started: back in line, and the attempt it had there
+    does not count (nothing ran)."""
+    _require(record, QUEUED)
+    return replace(record, node=None, attempts=max(0, record.attempts - 1))
+
+
 def cancelled(record: TaskRecord, at: str) -> TaskRecord:
     _require(record, QUEUED, RUNNING, CANCELLED)
     if record.status == CANCELLED:

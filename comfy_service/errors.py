@@ -37,6 +37,10 @@ class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
 
 
+class AdminRequired(ServiceError):
+    status, code = 403, "admin_required"
+
+
 class WorkflowNotFound(ServiceError):
     status, code = 404, "workflow_not_found"
 
@@ -49,6 +53,10 @@ class OutputNotFound(ServiceError):
     status, code = 404, "output_not_found"
 
 
+class NodeNotFound(ServiceError):
+    status, code = 404, "node_not_found"
+
+
 class RouteNotFound(ServiceError):
     status, code = 404, "not_found"
 
@@ -59,6 +67,11 @@ class MethodNotAllowed(ServiceError):
 
 class TaskFinished(ServiceError):
     status, code = 409, "task_finished"
+
+
+class NodeAdminUnavailable(ServiceError):
+    """Cordon and drain act through Consul: a service with a static node list has no such state."""
+    status, code = 409, "node_admin_unavailable"
 
 
 class IdempotencyConflict(ServiceError):

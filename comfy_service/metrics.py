@@ -56,6 +56,8 @@ DURATION_SECONDS = Histogram(f"{P}task_duration_seconds",
                              ["workflow"], buckets=TASK_BUCKETS)
 ATTEMPTS = Counter(f"{P}task_attempts_total", "Binds of a task to a node")
 FAILOVERS = Counter(f"{P}task_failovers_total", "Tasks moved off a lost node")
+MOVED_BACK = Counter(f"{P}tasks_moved_back_total",
+                     "Tasks taken off a draining node before they started, back in line")
 REATTACHMENTS = Counter(f"{P}task_reattachments_total",
                         "Tasks adopted after their worker died")
 BIND_DECISIONS = Counter(f"{P}bind_decisions_total",
@@ -69,6 +71,9 @@ SLOTS_USED = Gauge(f"{P}node_slots_used", "Tasks bound to the node", ["node"])
 SLOTS_FREE = Gauge(f"{P}node_slots_free", "Free slots of the node (0 when unhealthy)", ["node"])
 NODE_PROGRESS = Counter(f"{P}node_progress_total",
                         "Progress, start and end events of tasks on the node", ["node"])
+NODE_SPEED = Gauge(f"{P}node_speed",
+                   "Relative speed the dispatcher uses (NODE_WEIGHT, else learned; 1 = typical)",
+                   ["node"])
 TASKS_WAITING = Gauge(f"{P}tasks_waiting", "Tasks waiting for a node slot (the backlog)")
 OLDEST_WAITING_AGE = Gauge(f"{P}oldest_waiting_task_age_seconds",
                            "Age of the oldest task waiting for a node slot (0 when none)")

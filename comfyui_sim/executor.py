@@ -7,6 +7,7 @@ transcripts in shared/comfyui-protocol record them (see docs/simulator.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import time
@@ -18,14 +19,17 @@ from comfy_service.comfyui.object_info import NodeClass
 from comfyui_sim import (
     media_nodes,  # noqa: F401  (importing it registers its behaviours)
     messages,
+    packing,
 )
 from comfyui_sim.faults import Faults
 from comfyui_sim.graph import ExecutionList, is_link, signatures
 from comfyui_sim.messages import Hub
 from comfyui_sim.nodes import BEHAVIOURS, NodeOutput, not_simulated
 from comfyui_sim.prompt_queue import PromptQueue, QueueItem
+from comfyui_sim.shared_gpu import SharedGpu
 
 INTERRUPT_POLL_S = 0.02  # probe nodes look at the interrupt flag this often (samplers: per step)
+GPU_POLL_S = 0.01  # a sampler on a shared GPU recounts the GPU's samplers this often
 
 
 class Interrupted(Exception):
@@ -95,8 +99,14 @@ class _Context:
         self.temp_dir = executor.folders.temp
         self.input_dir = executor.folders.input
         self.previews = executor.previews
+        self._gpu_ahead = 0.0  # solo seconds of GPU work done beyond the pauses so far
 
-    async def pause(self, seconds: float, interruptible: bool = True) -> None:
+    async def pause(self, seconds: float, interruptible: bool = True,
+                    pixels: int | None = None) -> None:
+        gpu = self._executor.gpu
+        if pixels is not None and gpu is not None:
+            await self._pause_on_gpu(gpu, seconds, interruptible, pixels)
+            return
         deadline = time.monotonic() + seconds
         while True:
             if interruptible:
@@ -107,6 +117,33 @@ class _Context:
                 return
             await asyncio.sleep(min(INTERRUPT_POLL_S, left))
 
+    async def _pause_on_gpu(self, gpu: SharedGpu, seconds: float, interruptible: bool,
+                            pixels: int) -> None:
+        """`seconds` of GPU time as if alone, stretched while other nodes sample on the same
+        GPU (comfyui_sim.packing): progress is credited slice by slice at the rate that the
+        number of samplers, counted at the slice's start, allows."""
+        owed = seconds - self._gpu_ahead
+        with gpu.sampling():
+            while True:
+                if interruptible:
+                    self._executor.check_interrupt()
+                await self._executor.faults.wait_while_hung()
+                rate = packing.rate(gpu.count(), pixels)
+                left = owed / rate
+                if left <= 0:
+                    # A late wake-up is credited to the next step, so timer slack on a busy
+                    # machine does not add up over a sampler's steps.
+                    self._gpu_ahead = min(-owed, seconds)
+                    return
+                started = time.monotonic()
+                await asyncio.sleep(min(GPU_POLL_S, left))
+                owed -= (time.monotonic() - started) * rate
+
+    def on_gpu(self) -> contextlib.AbstractContextManager[None]:
+        """Count as sampling on the shared GPU throughout (bridges the gaps between steps)."""
+        gpu = self._executor.gpu
+        return gpu.sampling() if gpu is not None else contextlib.nullcontext()
+
     async def progress(self, value: int, total: int, preview: bytes | None = None) -> None:
         await self._executor.report_progress(self._run, self.node_id, value, total, preview)
 
@@ -114,7 +151,8 @@ class _Context:
 class Executor:
     def __init__(self, hub: Hub, queue: PromptQueue, faults: Faults, folders: Folders,
                  classes: Callable[[], Mapping[str, NodeClass]], step_ms: float,
-                 previews: bool, cache_keeps_all: bool = False) -> None:
+                 previews: bool, cache_keeps_all: bool = False,
+                 gpu: SharedGpu | None = None) -> None:
         self.hub = hub
         self.queue = queue
         self.faults = faults
@@ -123,6 +161,7 @@ class Executor:
         self.step_ms = step_ms
         self.previews = previews
         self.cache_keeps_all = cache_keeps_all
+        self.gpu = gpu
         self._outputs: dict[str, tuple[Any, ...]] = {}
         self._ui: dict[str, dict[str, Any]] = {}
         self._interrupt = False

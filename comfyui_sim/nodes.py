@@ -11,6 +11,7 @@ import pathlib
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -32,7 +33,13 @@ class NodeContext(Protocol):
 
     async def progress(self, value: int, total: int, preview: bytes | None = None) -> None: ...
 
-    async def pause(self, seconds: float, interruptible: bool = True) -> None: ...
+    async def pause(self, seconds: float, interruptible: bool = True,
+                    pixels: int | None = None) -> None:
+        """Wait `seconds`; with `pixels` (what one step samples) that is GPU time as if alone,
+        stretched while other nodes sample on a GPU this node shares (--gpu-id)."""
+
+    def on_gpu(self) -> AbstractContextManager[None]:
+        """Count as sampling on a shared GPU throughout, between steps too."""
 
 
 @dataclass(frozen=True)
@@ -75,14 +82,17 @@ def behaviour(*class_names: str) -> Callable[[Behaviour], Behaviour]:
 
 async def _sample(ctx: NodeContext, steps: int, seed: int, positive: Conditioning,
                   latent: Latent, preview: bool) -> Latent:
-    for step in range(1, steps + 1):
-        # ComfyUI looks at the interrupt flag in its progress hook, as a step ends: a step under
-        # way finishes first (in the captures an interrupt took effect one step, 0.9 s, after
-        # its request, and a queue delete sent in that window still caught the next prompt).
-        await ctx.pause(ctx.step_seconds, interruptible=False)
-        text = positive.texts[0] if positive.texts else ""
-        frame = images.jpeg_preview(seed, text, step) if preview and ctx.previews else None
-        await ctx.progress(step, steps, frame)
+    pixels = latent.width * latent.height * latent.batch
+    with ctx.on_gpu():
+        for step in range(1, steps + 1):
+            # ComfyUI looks at the interrupt flag in its progress hook, as a step ends: a step
+            # under way finishes first (in the captures an interrupt took effect one step, 0.9 s,
+            # after its request, and a queue delete sent in that window still caught the next
+            # prompt).
+            await ctx.pause(ctx.step_seconds, interruptible=False, pixels=pixels)
+            text = positive.texts[0] if positive.texts else ""
+            frame = images.jpeg_preview(seed, text, step) if preview and ctx.previews else None
+            await ctx.progress(step, steps, frame)
     return replace(latent, seed=seed, texts=positive.texts)
 
 
@@ -269,8 +279,9 @@ async def story_ksampler(ctx: NodeContext, i: dict[str, Any]) -> NodeOutput:
         raise ValueError("No valid scene line: each scene line must name one defined character.")
     # The plugin samples with a diffusers pipeline whose progress goes to a console tqdm bar,
     # so a real server sends no `progress` message while this node runs.
-    await ctx.pause(ctx.step_seconds * i["steps"] * len(positive.texts))
     latent: Latent = i["latent_image"]
+    await ctx.pause(ctx.step_seconds * i["steps"] * len(positive.texts),
+                    pixels=latent.width * latent.height)  # one image at a time
     return NodeOutput((Latent(latent.width, latent.height, len(positive.texts), i["seed"],
                               positive.texts),))
 

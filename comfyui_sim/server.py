@@ -38,6 +38,7 @@ from comfyui_sim.faults import Faults
 from comfyui_sim.messages import Client, Hub
 from comfyui_sim.prompt_queue import PromptQueue, QueueItem
 from comfyui_sim.settings import SimSettings
+from comfyui_sim.shared_gpu import SharedGpu
 from comfyui_sim.view_types import view_content_type
 
 log = logging.getLogger("comfyui_sim")
@@ -89,11 +90,13 @@ class SimNode:
         self.faults = Faults()
         self.queue = PromptQueue(on_change=self._queue_changed)
         self.number = 0
+        self.gpu = (SharedGpu(settings.gpu_dir, settings.gpu_id)
+                    if settings.gpu_id is not None else None)
         self.executor = Executor(
             self.hub, self.queue, self.faults,
             Folders(settings.output_dir, settings.temp_dir, settings.input_dir),
             self.node_classes, settings.step_ms, settings.preview_method != "none",
-            cache_keeps_all=self.profile.cache_keeps_all)
+            cache_keeps_all=self.profile.cache_keeps_all, gpu=self.gpu)
 
     def inventory(self) -> catalog.ModelInventory:
         return catalog.inventory_from_dirs(self.settings.models_dir, self.settings.input_dir,
@@ -343,7 +346,9 @@ async def sim_info(node: SimNode, request: Request) -> Response:
     return json_response({"simulator": "comfyui-sim", "comfyui_version": node.profile.version,
                           "pid": os.getpid(), "step_ms": node.faults.step_ms(
                               node.settings.step_ms), "base_dir": str(node.settings.base_dir),
-                          "host": platform.node()})
+                          "host": platform.node(),
+                          "gpu_id": node.gpu.gpu_id if node.gpu else None,
+                          "gpu_sampling": node.gpu.count() if node.gpu else None})
 
 
 # --- WebSocket -----------------------------------------------------------------------------------
@@ -459,6 +464,8 @@ def create_app(settings: SimSettings) -> ASGIApp:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if node.gpu is not None:
+                node.gpu.close()
 
     async def not_found(request: Request, exc: Exception) -> Response:
         # ComfyUI serves its frontend as a static route on "/", which matches any path for

@@ -22,6 +22,10 @@ def _names(text: str | None) -> tuple[str, ...]:
     return tuple(n.strip() for n in (text or "").split(",") if n.strip())
 
 
+def _default_gpu_dir() -> pathlib.Path:
+    return pathlib.Path(tempfile.gettempdir()) / "comfyui-sim-gpus"
+
+
 @dataclass(frozen=True)
 class SimSettings:
     host: str = "127.0.0.1"
@@ -34,6 +38,8 @@ class SimSettings:
     preview_method: str = "none"
     log_level: str = "warning"
     comfyui_version: str = versions.DEFAULT
+    gpu_id: str | None = None  # nodes with the same id share one virtual GPU (None: a GPU alone)
+    gpu_dir: pathlib.Path = field(default_factory=_default_gpu_dir)
 
     @property
     def output_dir(self) -> pathlib.Path:
@@ -81,9 +87,18 @@ class SimSettings:
                             choices=versions.SUPPORTED_VERSIONS,
                             help="the ComfyUI server version to behave as (env "
                                  f"SIM_COMFYUI_VERSION, default {versions.DEFAULT})")
+        parser.add_argument("--gpu-id", default=environ.get("SIM_GPU_ID") or None,
+                            help="share one virtual GPU with the nodes started with the same id: "
+                                 "sampling slows as ComfyUI processes on one GPU do (env "
+                                 "SIM_GPU_ID; default: a GPU of its own)")
+        parser.add_argument("--gpu-dir", type=pathlib.Path, default=environ.get("SIM_GPU_DIR"),
+                            help="where nodes sharing a GPU meet (env SIM_GPU_DIR, default "
+                                 "<temp dir>/comfyui-sim-gpus)")
         args = parser.parse_args(argv)
         base_dir = args.base_dir or pathlib.Path(tempfile.mkdtemp(prefix="comfyui-sim-"))
         return cls(host=args.listen, port=args.port, step_ms=args.step_ms,
                    base_dir=pathlib.Path(base_dir), checkpoints=_names(args.checkpoints),
                    loras=_names(args.loras), preview_method=args.preview_method,
-                   log_level=args.log_level, comfyui_version=args.comfyui_version)
+                   log_level=args.log_level, comfyui_version=args.comfyui_version,
+                   gpu_id=args.gpu_id or None,
+                   gpu_dir=pathlib.Path(args.gpu_dir or _default_gpu_dir()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from actors.store import TaskStore, acceptance_sequence
 from actors.uploads import UploadStore
 from comfy_service import constants as c
 from comfy_service import metrics
+from comfy_service.availability import ACTIONS
 from comfy_service.comfyui.object_info import NodeClass, parse_object_info
 from comfy_service.errors import (
     IdempotencyConflict,
@@ -58,8 +58,10 @@ from comfy_service.outputs import output_key
 from comfy_service.settings import Settings
 from comfy_service.storage import StoreFailure, StoreMismatch, open_store
 from comfy_service.templates import FieldError, Template, load_templates
+from gateway.auth import bearer_key
 from gateway.body import read_json
 from gateway.generate import new_record, new_task_id, parse_generate, ref_field
+from gateway.node_admin import NodeAdmin
 from gateway.openapi import endpoint as openapi_endpoint
 from gateway.quotas import UNLIMITED, Limits, RateLimiter, limits_for, over_quota, parse_key_limits
 from gateway.uploads import new_upload, read_upload, upload_key
@@ -87,10 +89,12 @@ class Gateway:
         self.blobs = open_store(settings)
         self.uploads = UploadStore(self.redis, settings.upload_ttl_s)
         self.retention = Retention(self.redis, self.blobs, settings.task_ttl_s)
+        self.node_admin = NodeAdmin(settings)
         self._classes: Mapping[str, NodeClass] = {}
         self._classes_at = -CLASSES_TTL_S
 
     async def close(self) -> None:
+        await self.node_admin.close()
         await self.blobs.aclose()
         await self.redis.aclose()
         self.broker.close()
@@ -100,15 +104,8 @@ class Gateway:
         """Who calls: their tenant (which key they hold) and limits; without keys, anyone."""
         if not self.settings.api_keys:
             return Caller(None, UNLIMITED)
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode()
-        # Compare against every key, always, so timing says nothing about which one matched.
-        matched: str | None = None
-        for key in self.settings.api_keys:
-            if hmac.compare_digest(given, key.encode()):
-                matched = key
-        if scheme.lower() != "bearer" or matched is None:
+        matched = bearer_key(request.headers.get("authorization", ""), self.settings.api_keys)
+        if matched is None:
             raise Unauthorized("missing or invalid API key: send Authorization: Bearer <key>")
         return Caller(tenant_of(matched), limits_for(matched, self.default_limits,
                                                      self.key_limits,
@@ -290,6 +287,20 @@ class Gateway:
         snapshots = await self.store.nodes()
         return JSONResponse({"nodes": sorted(snapshots.values(), key=lambda n: n["name"])})
 
+    async def node_action(self, request: Request) -> Response:
+        """POST /api/v1/nodes/{node_id}/cordon|drain|uncordon (admin key only)."""
+        caller = await self.admit_request(request)
+        self.node_admin.check_allowed(request.headers.get("authorization", ""))
+        node_id, action = request.path_params["node_id"], request.path_params["action"]
+        if action not in ACTIONS:
+            raise RouteNotFound(f"no route {request.url.path}")
+        snapshots = await self.store.nodes()
+        state = await self.node_admin.request(
+            node_id, action, set(snapshots), f"{action} through the API by {caller.tenant}")
+        return JSONResponse({"node": node_id, "requested": state,
+                             "availability": snapshots[node_id].get("availability")},
+                            status_code=202)
+
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -460,6 +471,8 @@ def create_app(settings: Settings, templates: dict[str, Template] | None = None)
         Route("/api/v1/uploads", _guard(gateway.upload), methods=["POST"]),
         Route("/api/v1/workflows", _guard(gateway.workflows), methods=["GET"]),
         Route("/api/v1/nodes", _guard(gateway.nodes), methods=["GET"]),
+        Route("/api/v1/nodes/{node_id}/{action}", _guard(gateway.node_action),
+              methods=["POST"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", _guard(gateway.readyz), methods=["GET"]),
         Route("/metrics", gateway.metrics, methods=["GET"]),

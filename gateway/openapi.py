@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from actors import tasks
 from actors.store import PRIORITY_LIMIT
+from comfy_service import availability
 from comfy_service import constants as c
 from comfy_service.errors import CodedError, ServiceError, TaskFailure
 from comfy_service.media import OUTPUT_TYPES, UPLOAD_TYPES
@@ -214,7 +215,15 @@ def answer_schemas() -> dict[str, dict[str, Any]]:
             "params": {"type": "object", "additionalProperties": spec}})}}),
         "Nodes": _obj({"nodes": {"type": "array", "items": _obj({
             "name": string, "url": string, "healthy": {"type": "boolean"}, "slots": integer,
-            "slots_used": integer, "queue_remaining": integer, "worker": string})}}),
+            "slots_used": integer, "queue_remaining": integer, "worker": string,
+            "availability": {"enum": list(availability.STATES)},
+            "speed": {"type": "number", "description": "Relative speed the dispatcher uses "
+                      "(1 = typical)."},
+            "speed_source": {"enum": ["configured", "learned", "default"]},
+            "speed_samples": integer})}}),
+        "NodeAvailability": _obj({"node": string,
+                                  "requested": {"enum": list(availability.STATES)},
+                                  "availability": _nullable({"enum": list(availability.STATES)})}),
         "Upload": _obj({"upload_id": string, "ref": {"type": "string",
                                                       "pattern": UPLOAD_REF_PATTERN},
                         "content_type": {"enum": list(UPLOAD_TYPES)}, "bytes": integer,
@@ -291,6 +300,14 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/api/v1/nodes": {"get": _operation(
             "listNodes", "Nodes as the workers see them", {"200": _json("Nodes", "The nodes.")},
             guarded, _AUTH)},
+        "/api/v1/nodes/{node_id}/{action}": {"post": _operation(
+            "setNodeAvailability", "Cordon, drain or uncordon a node (admin key only)",
+            {"202": _json("NodeAvailability",
+                          "Recorded in Consul; the node's sidecar applies it within a probe "
+                          "interval. cordon: no new tasks, what it holds finishes. drain: no new "
+                          "tasks, the running prompt finishes, waiting ones go back in line. "
+                          "`availability` is the state the workers saw last.")},
+            (*guarded, 403, 404, 409), _AUTH, ("node_id", "action"))},
         "/healthz": {"get": _operation("healthz", "Liveness", {"200": _json("Health", "Alive.")},
                                        (), _PUBLIC)},
         "/readyz": {"get": _operation(
@@ -315,6 +332,11 @@ def _parameters() -> dict[str, dict[str, Any]]:
         "index": {"name": "index", "in": "path", "required": True,
                   "schema": {"type": "integer", "minimum": 0},
                   "description": "The output's index in the task's `outputs`."},
+        "node_id": {"name": "node_id", "in": "path", "required": True,
+                    "schema": {"type": "string", "pattern": availability.NODE_ID.pattern},
+                    "description": "A node's `name` in GET /api/v1/nodes."},
+        "action": {"name": "action", "in": "path", "required": True,
+                   "schema": {"enum": list(availability.ACTIONS)}},
         c.IDEMPOTENCY_HEADER: {
             "name": c.IDEMPOTENCY_HEADER, "in": "header", "required": False,
             "schema": {"type": "string"},

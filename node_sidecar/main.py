@@ -1,7 +1,8 @@
 """`comfy-service sidecar`: one ComfyUI's health and load, registered in Consul.
 
 Three phases: register (service with an HTTP check on ComfyUI and a TTL check), tick (probe
-ComfyUI, read the GPU, keep the TTL passing while probes succeed, refresh Meta when load moved),
+ComfyUI, read the GPU, keep the TTL passing while probes succeed, refresh Meta when load moved,
+apply an operator's cordon or drain from Consul KV as service maintenance), drain and
 deregister on SIGTERM. A ComfyUI that hangs while its port still accepts connections fails the
 probes, so the TTL lapses and the node turns critical.
 """
@@ -9,6 +10,7 @@ probes, so the TTL lapses and the node turns critical.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -19,9 +21,11 @@ from typing import Any
 
 import consul
 import httpx
+from consul.callback import CB
 from prometheus_client import Gauge, Histogram, start_http_server
 
-from comfy_service import __version__, logs
+from comfy_service import __version__, availability, logs
+from comfy_service import constants as c
 from comfy_service.consul_client import sync_client
 from comfy_service.logs import event
 from comfy_service.polling import wait_until
@@ -61,6 +65,10 @@ class Sidecar:
         self._meta: dict[str, str] | None = None
         self._meta_at = 0.0
         self.comfyui_version = "unknown"
+        # The state this sidecar has put in Consul (availability.py) and why.
+        self.availability = availability.READY
+        self._availability_why = ""
+        self._wish_unreadable = False
 
     # --- phases --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -87,8 +95,7 @@ class Sidecar:
         settings = self.settings
         started = time.monotonic()
         try:
-            self.consul.agent.service.maintenance(self.service_id, True,
-                                                  reason="draining: the allocation is stopping")
+            self.set_availability(availability.DRAINING, "the allocation is stopping")
         except Exception:
             event(log, "sidecar.drain_unannounced", logging.WARNING, exc_info=True)
         event(log, "sidecar.draining", service_id=self.service_id,
@@ -132,9 +139,60 @@ class Sidecar:
             if due and node_meta.changed_enough(self._meta, current):
                 self.register(load)
             self.consul.agent.check.ttl_pass(self.ttl_check, notes="ComfyUI answers")
+            self.follow_wish()
         except Exception:  # Consul away or restarted: keep probing, register again when back
             self._meta, self._meta_at = None, 0.0
             event(log, "sidecar.consul_unreachable", logging.WARNING, exc_info=True)
+
+    # --- availability (operators' cordon and drain) ---------------------------------------------
+    def follow_wish(self) -> None:
+        """Apply the state an operator asked for (KV, written by the gateway's admin API)."""
+        try:
+            _, entry = self.consul.kv.get(availability.kv_key(self.service_id))
+        except consul.ACLPermissionDenied:
+            if not self._wish_unreadable:  # say it once: the token lacks key read
+                event(log, "sidecar.wish_unreadable", logging.WARNING,
+                      key=availability.kv_key(self.service_id),
+                      fix="give the sidecar's token key_prefix comfy-service/nodes/ read")
+            self._wish_unreadable = True
+            return
+        wanted = availability.parse_wanted(entry["Value"] if entry else None)
+        if wanted != self.availability:
+            self.set_availability(wanted, "requested by an operator")
+
+    def set_availability(self, state: str, why: str) -> None:
+        """Put the service in (or out of) Consul maintenance with a reason naming the state.
+        Enabling maintenance that is already on keeps the old reason, so it is cleared first."""
+        service = self.consul.agent.service
+        if self.availability != availability.READY:
+            self._leave_maintenance(final=state == availability.READY)
+        if state != availability.READY:
+            service.maintenance(self.service_id, True,
+                                reason=availability.maintenance_reason(state, why))
+        previous, self.availability, self._availability_why = self.availability, state, why
+        event(log, "sidecar.availability", service_id=self.service_id, state=state,
+              previous=previous, why=why)
+
+    def _leave_maintenance(self, final: bool) -> None:
+        """Consul 1.16 forgets the ACL token of a maintenance check it removes and deregisters
+        it from the catalog with the anonymous token, which default-deny refuses ("Check
+        deregistration blocked by ACLs"): the node would stay in maintenance for everyone but
+        its own agent. So when maintenance ends for good, the sidecar also deregisters the
+        check from the catalog with its own token (service:write allows it)."""
+        check_id = f"{c.SERVICE_MAINTENANCE_CHECK}{self.service_id}"
+        check = self.consul.agent.checks().get(check_id) if final else None
+        self.consul.agent.service.maintenance(self.service_id, False)
+        if check is None:
+            return
+        try:
+            # Not py-consul's catalog.deregister: it sends a WriteRequest field Consul 1.16
+            # refuses ("json: unknown field").
+            self.consul.http.put(CB.boolean(), "/v1/catalog/deregister",
+                                 headers=self.consul.prepare_headers(None),
+                                 data=json.dumps({"Node": check["Node"], "CheckID": check_id}))
+        except consul.ConsulException:
+            event(log, "sidecar.maintenance_not_cleared", logging.WARNING, exc_info=True,
+                  check_id=check_id, effect="the catalog may show the node in maintenance")
 
     # --- probes and registration ---------------------------------------------------------------
     def probe(self) -> node_meta.NodeLoad | None:
@@ -186,6 +244,11 @@ class Sidecar:
             extra_checks=[ttl_check])
         self.consul.agent.check.ttl_pass(self.ttl_check, notes="registered")
         self._meta, self._meta_at = values, time.monotonic()
+        if self.availability != availability.READY:  # a Consul that restarted forgot it
+            self.consul.agent.service.maintenance(
+                self.service_id, True,
+                reason=availability.maintenance_reason(self.availability,
+                                                       self._availability_why))
 
 
 def wait_for_gpu_uuid(settings: SidecarSettings) -> str | None:

@@ -36,14 +36,16 @@ def tags(load: NodeLoad, capabilities: tuple[str, ...]) -> list[str]:
     return found + [f"cap-{c}" for c in capabilities]
 
 
-def meta(load: NodeLoad, slots: int, weight: float, versions: Mapping[str, str],
+def meta(load: NodeLoad, slots: int, weight: float | None, versions: Mapping[str, str],
          metrics_port: int = 0) -> dict[str, str]:
     gpu = load.gpu
     values = {
         "queue_running": str(load.queue_running), "queue_pending": str(load.queue_pending),
-        "slots": str(slots), "weight": f"{weight:g}", "gpu_source": "none" if gpu is None else "gpu",
+        "slots": str(slots), "gpu_source": "none" if gpu is None else "gpu",
         **{f"{name}_version": version for name, version in versions.items()},
     }
+    if weight is not None:  # configured by hand; without it the workers learn the speed
+        values["weight"] = f"{weight:g}"
     if metrics_port:  # where Prometheus scrapes this sidecar (found through Consul)
         values["metrics_port"] = str(metrics_port)
     if gpu is not None:

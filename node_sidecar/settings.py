@@ -25,7 +25,7 @@ class SidecarSettings:
     gpu_readings_file: str | None = None
     gpu_uuid_file: str | None = None
     slots: int = 2
-    weight: float = 1.0
+    weight: float | None = None  # NODE_WEIGHT; unset: the workers learn the node's speed
     capabilities: tuple[str, ...] = ("txt2img", "storydiffusion")
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
@@ -66,9 +66,14 @@ class SidecarSettings:
                    gpu_index=int(get("GPU_INDEX", "0")),
                    gpu_readings_file=get("GPU_READINGS_FILE") or None,
                    gpu_uuid_file=get("GPU_UUID_FILE") or None,
-                   slots=int(get("NODE_SLOTS", "2")), weight=float(get("NODE_WEIGHT", "1")),
+                   slots=int(get("NODE_SLOTS", "2")), weight=_weight(get("NODE_WEIGHT", "")),
                    capabilities=caps, listen_host=get("SIDECAR_HOST", "127.0.0.1"),
                    listen_port=int(get("SIDECAR_PORT", "0")),
                    probe_interval_s=float(get("SIDECAR_PROBE_INTERVAL_S", "1")),
                    ttl_s=float(get("SIDECAR_TTL_S", "5")),
                    host_name=get("NODE_HOSTNAME") or socket.gethostname())
+
+
+def _weight(value: str) -> float | None:
+    """NODE_WEIGHT: a node's relative speed set by hand; empty: the workers learn it."""
+    return float(value) if value.strip() else None

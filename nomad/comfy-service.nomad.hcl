@@ -1,7 +1,8 @@
 # The service: the gateway (REST API v1) and the workers that dispatch tasks to the ComfyUI
 # nodes they find in Consul.
 #
-#   nomad var put nomad/jobs/comfy-service api_keys=key1,key2 consul_token=<worker read token> \
+#   nomad var put nomad/jobs/comfy-service api_keys=key1,key2 admin_api_keys=<operators' key> \
+#     consul_token=<token with the comfy-worker and comfy-gateway policies> \
 #     s3_access_key=<key id> s3_secret_key=<secret>      # with store.kind = "s3"
 #   nomad job run -var 'image=registry.example.com/comfy-service:0.1.0' nomad/comfy-service.nomad.hcl
 #
@@ -99,7 +100,7 @@ variable "outputs_volume" {
 }
 
 variable "nomad_var_path" {
-  description = "Nomad Variables path with keys api_keys and consul_token."
+  description = "Nomad Variables path with keys api_keys, admin_api_keys, consul_token (and S3 keys)."
   type        = string
   default     = "nomad/jobs/comfy-service"
 }
@@ -129,6 +130,7 @@ locals {
   # REDIS_URL from the variable, else from the `redis` service Consul knows.
   secrets = <<-EOT
     {{ with nomadVar "${var.nomad_var_path}" }}{{ with .api_keys }}API_KEYS={{ . }}{{ end }}
+    {{ with .admin_api_keys }}ADMIN_API_KEYS={{ . }}{{ end }}
     {{ with .consul_token }}CONSUL_HTTP_TOKEN={{ . }}{{ end }}
     {{ with .s3_access_key }}AWS_ACCESS_KEY_ID={{ . }}{{ end }}
     {{ with .s3_secret_key }}AWS_SECRET_ACCESS_KEY={{ . }}{{ end }}{{ end }}

@@ -5,6 +5,7 @@
   recover  time from a SIGKILLed worker to another worker adopting its running task
   metrics  the gateway's submit rate with and without its metrics (bench_metrics)
   store    an output copied from a node into the store and read back, local vs S3 (bench_store)
+  speeds   nodes of speeds 1x/2x/4x through Consul, NODE_WEIGHT set vs learned speeds
   mesh     nodes of speeds 1x/2x/4x through Consul (makespan vs ideal and round-robin), and
            failover time from a killed or hung node to its task running elsewhere
 
@@ -252,12 +253,16 @@ def _consul(root: pathlib.Path) -> Any:
     return agent
 
 
-def bench_heterogeneous(root: pathlib.Path, tasks: int = 120, steps: int = 10) -> list[str]:
+def bench_heterogeneous(root: pathlib.Path, tasks: int = 120, steps: int = 10,
+                        configured: bool = True) -> list[str]:
+    """Nodes of speed 1x/2x/4x; `configured`: their sidecars say so (NODE_WEIGHT), else the
+    worker learns it from their prompt times (actors/speeds.py)."""
     from tests.support.mesh import Mesh
     consul = _consul(root)
     step_ms = [40, 20, 10]  # speeds 1x, 2x, 4x
-    mesh = Mesh(root / "hetero", consul.url, nodes=3, env={"LOG_LEVEL": "WARNING"},
-                weights=[1.0, 2.0, 4.0])  # the sidecars' NODE_WEIGHT: relative speeds
+    mesh = Mesh(root / f"hetero-{configured}", consul.url, nodes=3,
+                env={"LOG_LEVEL": "WARNING"},
+                weights=[1.0, 2.0, 4.0] if configured else None)
     try:
         for sim, ms in zip(mesh.stack.sims, step_ms, strict=True):
             httpx.post(f"{sim.url}/sim/faults", json={"step_ms": ms}).raise_for_status()
@@ -267,6 +272,9 @@ def bench_heterogeneous(root: pathlib.Path, tasks: int = 120, steps: int = 10) -
         wall = time.perf_counter() - started
         per_node = [sum(1 for t in done if mesh.node_of(t) == i) for i in range(3)]
         spans = [_node_timeline(s.url) for s in mesh.stack.sims]
+        learned = {n["name"].rsplit("-", 1)[1]: (n.get("speed"), n.get("speed_source"))
+                   for n in mesh.stack.http.get("/api/v1/nodes").json()["nodes"]}
+        speeds = [learned.get(str(sim.port), (None, None)) for sim in mesh.stack.sims]
     finally:
         mesh.stop()
         consul.stop()
@@ -277,7 +285,9 @@ def bench_heterogeneous(root: pathlib.Path, tasks: int = 120, steps: int = 10) -
     real_rates = [len(s) / sum(end - start for start, end in s) for s in spans if s]
     ideal_real = tasks / sum(real_rates)
     round_robin = max(tasks / 3 / r for r in rates)
-    return [f"| {tasks} tasks on nodes of speed 1x/2x/4x (steps x 40/20/10 ms) | "
+    how = ("NODE_WEIGHT 1/2/4" if configured else
+           "nothing configured; learned " + "/".join(f"{v:g}" for v, _ in speeds if v))
+    return [f"| {tasks} tasks on nodes of speed 1x/2x/4x (steps x 40/20/10 ms), {how} | "
             f"{wall:.2f} s | {ideal:.2f} s nominal ({wall / ideal:.3f}x), {ideal_real:.2f} s "
             f"with real prompt times ({wall / ideal_real:.3f}x) | {round_robin:.2f} s "
             f"({round_robin / wall:.2f}x slower than us) | {per_node} |"]
@@ -414,9 +424,15 @@ def main(argv: list[str]) -> int:
             print("\n| heterogeneous nodes | wall | ideal | round-robin | tasks per node |\n"
                   "| --- | --- | --- | --- | --- |")
             print("\n".join(bench_heterogeneous(root)), flush=True)
+            print("\n".join(bench_heterogeneous(root, configured=False)), flush=True)
             print("\n| failover | from the fault to the task running on another node |\n"
                   "| --- | --- |")
             print("\n".join(bench_failover(root)), flush=True)
+        if which == "speeds":  # learned speeds vs configured weights, one run
+            print("\n| heterogeneous nodes | wall | ideal | round-robin | tasks per node |\n"
+                  "| --- | --- | --- | --- | --- |")
+            for configured in (True, False):
+                print("\n".join(bench_heterogeneous(root, configured=configured)), flush=True)
         if which in ("nomad", "all"):
             print("\n| Nomad deployment (2 simulated nodes, raw_exec) | time |\n| --- | --- |")
             print("\n".join(bench_nomad(root)), flush=True)
@@ -429,6 +445,11 @@ def main(argv: list[str]) -> int:
             from scripts.bench_store import HEADER, bench_store
             print("\n" + HEADER)
             print("\n".join(bench_store(root)), flush=True)
+        if which in ("packing", "all"):
+            from scripts.bench_packing import HEADER as PACKING_HEADER
+            from scripts.bench_packing import bench_packing
+            print("\n" + PACKING_HEADER)
+            print("\n".join(bench_packing(root)), flush=True)
         if which in ("recover", "all"):
             print("\n| recovery | measured | summary |\n| --- | --- | --- |")
             print("\n".join(bench_recover(root)), flush=True)

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from actors.discovery import DiscoveredNode, watch_consul
+from comfy_service import availability
 from comfy_service.agents.process import managed, short_tmpdir
 from comfy_service.polling import wait_until
 from tests.agents_fixtures import KEEP_DIRS, ConsulAgent, consul_bin  # noqa: F401 (fixture)
@@ -38,6 +39,7 @@ class AclConsul:
     sidecar_token: str
     worker_token: str
     prometheus_token: str
+    gateway_token: str
 
     def api(self, method: str, path: str, token: str | None, body: Any = None,
             **params: str) -> httpx.Response:
@@ -98,7 +100,8 @@ acl {{
         yield AclConsul(started, management,
                         sidecar_token=_create_token(started, management, "comfyui-sidecar"),
                         worker_token=_create_token(started, management, "comfy-worker"),
-                        prometheus_token=_create_token(started, management, "prometheus"))
+                        prometheus_token=_create_token(started, management, "prometheus"),
+                        gateway_token=_create_token(started, management, "comfy-gateway"))
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +309,32 @@ def test_the_prometheus_token_discovers_the_nodes_and_their_meta(
     assert entry["Node"]["Address"]
     # And without the token it sees nothing
     assert SERVICE not in get("/v1/catalog/services", None)
+
+
+def test_the_gateway_token_cordons_a_node_and_its_sidecar_applies_it(
+        acl_consul: AclConsul, registered: SidecarRun) -> None:
+    key = f"/v1/kv/{availability.kv_key(registered.service_id)}"
+    wish = availability.wanted_value(availability.CORDONED, "test", "2026-11-30T00:00:00Z")
+
+    def cordoned() -> bool:
+        """The node in maintenance, its reason naming the state (as the workers read it)."""
+        entries = acl_consul.api("GET", f"/v1/health/service/{SERVICE}",
+                                 acl_consul.management).json()
+        return any(check["CheckID"].startswith("_service_maintenance:")
+                   and availability.state_of_maintenance(check["Notes"]) == "cordoned"
+                   for entry in entries if entry["Service"]["ID"] == registered.service_id
+                   for check in entry["Checks"])
+    # Neither a sidecar's nor a worker's token may write an operator's wish
+    for token in (acl_consul.sidecar_token, acl_consul.worker_token, None):
+        assert acl_consul.api("PUT", key, token, json.loads(wish)).status_code == 403
+    # The gateway's may, and the sidecar, with only its own token, reads it and applies it
+    try:
+        written = acl_consul.api("PUT", key, acl_consul.gateway_token, json.loads(wish))
+        assert written.status_code == 200, written.text
+        wait_until(cordoned, 20, "the sidecar to apply the cordon")
+        assert "sidecar.wish_unreadable" not in registered.proc.log_path.read_text()
+    finally:
+        assert acl_consul.api("DELETE", key, acl_consul.gateway_token).status_code == 200
+    # And lifting it takes the node out of maintenance for everyone (the catalog too, which
+    # Consul itself would leave behind under default deny: node_sidecar/main.py)
+    wait_until(lambda: not cordoned(), 20, "the sidecar to lift the cordon")

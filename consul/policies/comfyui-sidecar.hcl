@@ -15,5 +15,11 @@ service "comfyui" {
   policy = "write"
 }
 
-# Nothing else. The sidecar reads nothing from Consul, so it gets no node, key or
-# service_prefix rules.
+# An operator's cordon or drain (POST /api/v1/nodes/{id}/cordon|drain on the gateway) is a KV
+# entry under comfy-service/nodes/<service id>; the sidecar reads it and applies it as service
+# maintenance (comfy_service/availability.py). Read only: the gateway writes it.
+key_prefix "comfy-service/nodes/" {
+  policy = "read"
+}
+
+# Nothing else: no node or service_prefix rules.

@@ -16,7 +16,7 @@ from tests.support.service import Stack
 
 class Sidecar:
     def __init__(self, root: pathlib.Path, sim: SimNodeProcess, consul_url: str, service: str,
-                 name: str, gpu_util: float, gpu_uuid: str, weight: float = 1.0) -> None:
+                 name: str, gpu_util: float, gpu_uuid: str, weight: float | None = None) -> None:
         self.readings = root / f"{name}-gpu.json"
         self.sim = sim
         self.name = name
@@ -26,7 +26,8 @@ class Sidecar:
             env={"COMFYUI_URL": sim.url, "CONSUL_HTTP_ADDR": consul_url,
                  "CONSUL_SERVICE_NAME": service, "GPU_READINGS_FILE": str(self.readings),
                  "NODE_HOSTNAME": name, "SIDECAR_PROBE_INTERVAL_S": "0.5",
-                 "SIDECAR_TTL_S": "2", "LOG_FORMAT": "json", "NODE_WEIGHT": str(weight)})
+                 "SIDECAR_TTL_S": "2", "LOG_FORMAT": "json",
+                 **({} if weight is None else {"NODE_WEIGHT": str(weight)})})
 
     def set_gpu(self, util: float, gpu_uuid: str) -> None:
         self.readings.write_text(json.dumps({
@@ -38,21 +39,28 @@ class Sidecar:
 class Mesh:
     def __init__(self, root: pathlib.Path, consul_url: str, nodes: int, step_ms: float = 20,
                  env: dict[str, str] | None = None, gpu_utils: list[float] | None = None,
-                 weights: list[float] | None = None) -> None:
+                 weights: list[float] | None = None, gpus: list[str] | None = None) -> None:
+        """`gpus`: the GPU uuid of each node (default: a GPU of its own, GPU-<i>); nodes
+        given the same one also share one virtual GPU in the simulator (--gpu-id)."""
         self.consul_url = consul_url
         self.root = root
         self.step_ms = step_ms
         self.service = f"comfyui-{uuid.uuid4().hex[:8]}"
-        self.stack = Stack(root, nodes=nodes, step_ms=step_ms, workers=0, env={
+        self.gpus = gpus or [f"GPU-{i}" for i in range(nodes)]
+        self.stack = Stack(root, nodes=0 if gpus else nodes, step_ms=step_ms, workers=0, env={
             "DISCOVERY": "consul", "CONSUL_HTTP_ADDR": consul_url,
             "CONSUL_SERVICE_NAME": self.service, **(env or {})})
         utils = gpu_utils or [10.0] * nodes
-        speeds = weights or [1.0] * nodes
+        speeds: list[float | None] = list(weights) if weights else [None] * nodes
         self.sidecars: list[Sidecar] = []
         try:
+            for i, gpu in enumerate(gpus or []):
+                self.stack.sims.append(SimNodeProcess(
+                    root / f"sim{i}", "--gpu-id", gpu, "--gpu-dir", str(root / "gpus"),
+                    step_ms=step_ms))
             for i, sim in enumerate(self.stack.sims):
                 self.sidecars.append(Sidecar(root, sim, consul_url, self.service, f"node{i}",
-                                             utils[i], f"GPU-{i}", speeds[i]))
+                                             utils[i], self.gpus[i], speeds[i]))
             self.wait_passing(nodes)
             self.stack.start_worker()
             self.stack.wait_nodes_healthy(nodes)
@@ -60,7 +68,7 @@ class Mesh:
             self.stop()  # a failed start must not leave processes behind
             raise
 
-    def add_node(self, gpu_util: float, weight: float = 1.0) -> int:
+    def add_node(self, gpu_util: float, weight: float | None = None) -> int:
         """Start one more sim with its sidecar (registering with Consul); returns its index."""
         index = len(self.stack.sims)
         sim = SimNodeProcess(self.root / f"sim{index}", step_ms=self.step_ms)

@@ -23,7 +23,8 @@ def test_meta_carries_load_and_identity_in_valid_keys() -> None:
 
 
 def test_without_a_gpu_only_queue_load_is_reported() -> None:
-    values = meta(NodeLoad(0, 0, None), slots=2, weight=1.0, versions={})
+    values = meta(NodeLoad(0, 0, None), slots=2, weight=None, versions={})
+    assert "weight" not in values  # not configured: the workers learn it
     assert values["gpu_source"] == "none" and "gpu_util" not in values
 
 
