@@ -17,26 +17,8 @@ import websockets
 from PIL import Image
 
 from tests.conftest import SHARED
-from tests.support.comfy_client import Run, run_prompt
+from tests.support.comfy_client import Run, run_prompt, txt2img
 from tests.support.processes import ROOT, SimNodeProcess, wait_until
-
-
-def txt2img(steps: int = 3, width: int = 320, height: int = 256, seed: int = 7,
-            batch: int = 1) -> dict[str, Any]:
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple",
-              "inputs": {"ckpt_name": "juggernautXL_v8Rundiffusion.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage",
-              "inputs": {"width": width, "height": height, "batch_size": batch}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
-            "scheduler": "normal", "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0],
-            "negative": ["7", 0], "latent_image": ["5", 0]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "t2i", "images": ["8", 0]}},
-    }
 
 
 @pytest.fixture(scope="module")

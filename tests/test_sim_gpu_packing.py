@@ -14,7 +14,7 @@ import pytest
 
 from comfyui_sim import packing
 from tests.agents_fixtures import ConsulAgent, consul_agent  # noqa: F401  (fixture)
-from tests.support.comfy_client import run_prompt
+from tests.support.comfy_client import run_prompt, txt2img
 from tests.support.mesh import Mesh
 from tests.support.processes import SimNodeProcess, wait_until
 from tests.support.service import txt2img_body
@@ -24,20 +24,7 @@ TOLERANCE = 0.12  # relative, on ratios of step times measured in one run
 
 
 def graph(size: int, steps: int, seed: int) -> dict[str, Any]:
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple",
-              "inputs": {"ckpt_name": "juggernautXL_v8Rundiffusion.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage",
-              "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
-            "scheduler": "normal", "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0],
-            "negative": ["7", 0], "latent_image": ["5", 0]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
-    }
+    return txt2img(steps=steps, width=size, height=size, seed=seed)
 
 
 def sharing_sims(root: pathlib.Path, count: int) -> list[SimNodeProcess]:
