@@ -5,7 +5,8 @@ PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# Go builds the Consul and Nomad agents and versitygw (S3) when no binary is found (tools/agents/build.sh).
+# Go builds the Consul and Nomad agents, versitygw (S3) and the Nomad Autoscaler when no binary is
+# found (tools/agents/build.sh).
 export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: up test venv redis-server monitoring-tools agents lint bench clean
@@ -50,7 +51,8 @@ redis-server:
 monitoring-tools:
 	@bash monitoring/tools/prometheus-tools.sh
 
-## Real Consul, Nomad and versitygw (S3 store) binaries for tests: found, or built once and cached (~/.cache).
+## Real Consul, Nomad, versitygw (S3 store) and Nomad Autoscaler binaries for tests: found, or built
+## once and cached (~/.cache).
 agents:
 	@bash tools/agents/build.sh
 

@@ -4,7 +4,8 @@
 local variables to its JSON form (`nomad job run -output`), and `localize` swaps only what a
 laptop lacks: the docker driver becomes raw_exec running the project's virtualenv, the GPU
 node image becomes the simulator, GPU devices and host volumes go, addresses point at the
-local agents. Counts, ports, checks, update, restart, scaling and lifecycle stay as written, so
+local agents, and the autoscaling policy reacts in seconds rather than minutes. Counts, ports,
+checks, update, restart, scaling bounds, the policy's check and lifecycle stay as written, so
 one file is the source of truth; tests pin this mapping.
 """
 
@@ -17,6 +18,10 @@ from typing import Any
 
 # Environment a GPU machine needs and a local run must not inherit.
 GPU_ONLY_ENV = ("NVIDIA_VISIBLE_DEVICES", "GPU_UUID_FILE")
+# evaluation_interval and cooldown of the local scaling policy (see LocalRun.autoscaling). The
+# cooldown outlasts a simulated node's start (about 10 s on a loaded laptop) and the
+# deployment Nomad runs after a scale (min_healthy_time 10 s), during which it refuses another.
+LOCAL_AUTOSCALING = {"evaluation_interval": "2s", "cooldown": "30s"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,9 @@ class LocalRun:
     data_dir: str                    # parent of per-allocation scratch (Redis AOF)
     sim_step_ms: float = 50.0
     env: Mapping[str, str] = field(default_factory=dict)  # extra env for every task
+    # The autoscaler's timing for a simulated node, which starts in seconds: a minutes-long
+    # cooldown (right for GPU machines) would leave a local backlog unanswered.
+    autoscaling: Mapping[str, str] = field(default_factory=lambda: dict(LOCAL_AUTOSCALING))
 
 
 def _service_argv(run: LocalRun, docker: Mapping[str, Any]) -> list[str]:
@@ -89,11 +97,19 @@ def _localize_task(run: LocalRun, task: dict[str, Any]) -> None:
     task["Resources"] = resources
 
 
+def _localize_scaling(run: LocalRun, group: dict[str, Any]) -> None:
+    # The policy is free-form data to Nomad (the autoscaler reads it): only its timing changes.
+    policy = (group.get("Scaling") or {}).get("Policy")
+    if isinstance(policy, dict):
+        policy.update(run.autoscaling)
+
+
 def localize(job: Mapping[str, Any], run: LocalRun) -> dict[str, Any]:
     """The job as it runs on one machine with raw_exec (pure: returns a new job)."""
     local = copy.deepcopy(dict(job))
     for group in local.get("TaskGroups") or []:
         group["Volumes"] = None
+        _localize_scaling(run, group)
         for task in group.get("Tasks") or []:
             _localize_task(run, task)
     return local

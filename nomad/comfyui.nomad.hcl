@@ -41,6 +41,18 @@ variable "scaling" {
   default     = { min = 1, max = 16 }
 }
 
+variable "autoscaling" {
+  description = "The Nomad Autoscaler's policy for the group (docs/deploy.md, Autoscaling): how often it reads the backlog, how long it waits after a change, and the demand per node slot it aims for."
+  type        = object({ evaluation_interval = string, cooldown = string, target = number })
+  default = {
+    evaluation_interval = "30s"
+    # Longer than a new node takes to start and register: until it takes work, the backlog
+    # still looks as high, and a second decision would add nodes for the same demand.
+    cooldown = "3m"
+    target   = 1
+  }
+}
+
 variable "comfyui" {
   description = "Per-allocation resources and dispatch settings of the ComfyUI task."
   type = object({
@@ -85,6 +97,25 @@ locals {
   instances = range(var.instances_per_gpu)
   # Every port label the allocation uses: ComfyUI instance i listens on comfyui<i>.
   comfyui_ports = [for i in local.instances : "comfyui${i}"]
+
+  # Demand per node slot, the autoscaler's backlog signal: tasks waiting for a slot plus tasks
+  # bound to a node, over the slots of the healthy nodes (used + free while healthy). Every
+  # worker reads these from Redis and exports the same values, so duplicates collapse with max,
+  # never sum. No worker metrics: no value, and the autoscaler does nothing. No healthy node:
+  # the backlog itself (capacity clamped to 1), so the group still grows.
+  backlog_per_slot = <<-EOT
+    (
+      max(comfy_service_tasks_waiting)
+      + (sum(max by (node) (comfy_service_node_slots_used)) or vector(0))
+    )
+    / clamp_min(
+      sum(max by (node) (
+        comfy_service_node_healthy
+        * (comfy_service_node_slots_used + comfy_service_node_slots_free)
+      )) or vector(0),
+      1
+    )
+  EOT
 }
 
 job "comfyui" {
@@ -113,11 +144,29 @@ job "comfyui" {
       auto_revert       = true
     }
 
-    # Scale-in and `nomad job scale` stay within these bounds.
+    # Scale-in, `nomad job scale` and the autoscaler stay within these bounds.
     scaling {
       enabled = true
       min     = var.scaling.min
       max     = var.scaling.max
+
+      # Read by the Nomad Autoscaler (nomad/autoscaler/). target-value sets the count to
+      # ceil(count * signal / target): with the signal at demand per slot and count about the
+      # healthy nodes, that is the nodes the backlog needs; idle, the signal is 0 and the
+      # group goes back to min. Scale-in drains (the sidecar leads), so no prompt is cut off.
+      policy {
+        evaluation_interval = var.autoscaling.evaluation_interval
+        cooldown            = var.autoscaling.cooldown
+
+        check "backlog" {
+          source = "prometheus"
+          query  = local.backlog_per_slot
+
+          strategy "target-value" {
+            target = var.autoscaling.target
+          }
+        }
+      }
     }
 
     # A crashed ComfyUI comes back on the same machine quickly (the workers fail its tasks over

@@ -1,1 +1,2 @@
-"""Real Consul and Nomad agents: binary lookup and agent processes for local runs and tests."""
+"""Real Consul, Nomad and Nomad Autoscaler agents: binary lookup and agent processes for local runs
+and tests."""

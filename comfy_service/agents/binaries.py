@@ -1,6 +1,8 @@
-"""Where the Consul, Nomad and versitygw binaries are: tools/agents/build.sh's lookup, the only one.
+"""Where the Consul, Nomad, versitygw and Nomad Autoscaler binaries are: tools/agents/build.sh's
+lookup, the only one.
 
-Order: $CONSUL_BIN / $NOMAD_BIN / $VERSITYGW_BIN, then `consul` / `nomad` / `versitygw` on PATH, then
+Order: $CONSUL_BIN / $NOMAD_BIN / $VERSITYGW_BIN / $NOMAD_AUTOSCALER_BIN, then `consul` / `nomad` /
+`versitygw` / `nomad-autoscaler` on PATH, then
 ${XDG_CACHE_HOME:-~/.cache}/comfy-service/bin/<name>-<version> for the version pinned in
 tools/agents/versions.env (what `make agents` builds). Python asks the script
 (`build.sh --no-build <name>`), so the order and the pins live in one place.
@@ -19,11 +21,12 @@ LOOKUP_TIMEOUT_S = 30.0
 
 
 class AgentBinaryNotFound(RuntimeError):
-    """No consul/nomad/versitygw binary could be located."""
+    """No consul/nomad/versitygw/nomad-autoscaler binary could be located."""
 
 
 def agent_binary(name: str, environ: Mapping[str, str] = os.environ) -> str:
-    """Path of the `consul`/`nomad`/`versitygw` binary; never builds one (that is `make agents`)."""
+    """Path of the `consul`/`nomad`/`versitygw`/`nomad-autoscaler` binary; never builds one
+    (that is `make agents`)."""
     done = subprocess.run(["bash", str(BUILD_SCRIPT), "--no-build", name], env=dict(environ),
                           capture_output=True, text=True, timeout=LOOKUP_TIMEOUT_S,
                           stdin=subprocess.DEVNULL)

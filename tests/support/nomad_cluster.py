@@ -44,11 +44,13 @@ class Cluster:
         return answer.json()
 
     # --- Nomad's view
-    def allocs(self) -> list[dict[str, Any]]:
-        """Running allocations of the node group, with the service id each one's sidecar uses."""
+    def allocs(self, stopping: bool = False) -> list[dict[str, Any]]:
+        """Running allocations of the node group, with the service id each one's sidecar uses;
+        `stopping` adds those Nomad is stopping that still run (draining)."""
         found = []
         for stub in self.get(f"{self.nomad}/v1/job/comfyui/allocations"):
-            if stub["ClientStatus"] != "running" or stub["DesiredStatus"] != "run":
+            if stub["ClientStatus"] != "running" or (stub["DesiredStatus"] != "run"
+                                                     and not stopping):
                 continue
             alloc = self.get(f"{self.nomad}/v1/allocation/{stub['ID']}")
             ports = {p["Label"]: p["Value"] for p in alloc["AllocatedResources"]["Shared"]["Ports"]}
@@ -56,6 +58,10 @@ class Cluster:
             alloc["port"] = ports["comfyui0"]
             found.append(alloc)
         return found
+
+    def count(self) -> int:
+        """The node group's count as Nomad has it now (`nomad job scale`, the autoscaler)."""
+        return int(self.get(f"{self.nomad}/v1/job/comfyui")["TaskGroups"][0]["Count"])
 
     def deployed(self) -> bool:
         """The group's latest deployment is over (Nomad refuses to scale during one)."""

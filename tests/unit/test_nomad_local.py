@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
 
-from comfy_service.nomad_local import LocalRun, hcl_vars, local_argv, localize
+from comfy_service.nomad_local import LOCAL_AUTOSCALING, LocalRun, hcl_vars, local_argv, localize
 
 RUN = LocalRun(python="/venv/bin/python", redis_server="/usr/bin/redis-server",
                consul_addr="127.0.0.1:18500", output_dir="/run/outputs", data_dir="/run",
@@ -24,7 +25,11 @@ def _task(name: str, config: dict[str, Any], env: dict[str, str] | None = None) 
 
 JOB: dict[str, Any] = {"ID": "comfyui", "TaskGroups": [{
     "Name": "gpu", "Count": 2, "Volumes": {"models": {"Type": "host"}},
-    "Scaling": {"Min": 1, "Max": 16},
+    # The policy as `nomad job run -output` renders the job file's (blocks become lists)
+    "Scaling": {"Min": 1, "Max": 16, "Enabled": True, "Policy": {
+        "evaluation_interval": "30s", "cooldown": "3m",
+        "check": [{"backlog": [{"source": "prometheus", "query": "max(x)",
+                                "strategy": [{"target-value": [{"target": 1}]}]}]}]}},
     "Tasks": [
         _task("comfyui", {"image": "node:1", "network_mode": "host"},
               {"COMFYUI_PORTS": "${NOMAD_PORT_comfyui0}", "LISTEN_ADDR": "${NOMAD_IP_comfyui0}",
@@ -64,9 +69,24 @@ def test_gpus_volumes_and_gpu_env_go_local_addresses_come_in() -> None:
 def test_what_nomad_decides_stays_as_the_job_file_says() -> None:
     local = localize(JOB, RUN)
     group = local["TaskGroups"][0]
-    assert group["Count"] == 2 and group["Scaling"] == {"Min": 1, "Max": 16}
+    assert group["Count"] == 2 and (group["Scaling"]["Min"], group["Scaling"]["Max"]) == (1, 16)
+    assert group["Scaling"]["Policy"]["check"] == JOB["TaskGroups"][0]["Scaling"]["Policy"]["check"]
     sidecar = group["Tasks"][1]
     assert sidecar["Leader"] is True and sidecar["KillTimeout"] == 615_000_000_000
+
+
+def test_the_autoscaling_policy_reacts_in_seconds_for_simulated_nodes() -> None:
+    policy = localize(JOB, RUN)["TaskGroups"][0]["Scaling"]["Policy"]
+    assert (policy["evaluation_interval"], policy["cooldown"]) == \
+        (LOCAL_AUTOSCALING["evaluation_interval"], LOCAL_AUTOSCALING["cooldown"])
+    custom = dataclasses.replace(RUN, autoscaling={"cooldown": "5s"})
+    assert localize(JOB, custom)["TaskGroups"][0]["Scaling"]["Policy"]["cooldown"] == "5s"
+
+
+def test_a_group_without_a_policy_gets_none() -> None:
+    job = copy.deepcopy(JOB)
+    job["TaskGroups"][0]["Scaling"] = {"Min": 1, "Max": 16}
+    assert localize(job, RUN)["TaskGroups"][0]["Scaling"] == {"Min": 1, "Max": 16}
 
 
 def test_localize_leaves_its_input_alone() -> None:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Make real `consul`, `nomad` and `versitygw` (an S3-compatible object store) binaries
-# available for tests and local runs.
+# Make real `consul`, `nomad`, `versitygw` (an S3-compatible object store) and
+# `nomad-autoscaler` binaries available for tests and local runs.
 #
 # Resolution order for each binary (tests/agents_fixtures.py uses the same one):
-#   1. $CONSUL_BIN / $NOMAD_BIN / $VERSITYGW_BIN, if set (must be executable);
-#   2. `consul` / `nomad` / `versitygw` on PATH;
+#   1. $CONSUL_BIN / $NOMAD_BIN / $VERSITYGW_BIN / $NOMAD_AUTOSCALER_BIN, if set (must
+#      be executable);
+#   2. `consul` / `nomad` / `versitygw` / `nomad-autoscaler` on PATH;
 #   3. ${XDG_CACHE_HOME:-$HOME/.cache}/comfy-service/bin/<name>-<version> for the
 #      version pinned in tools/agents/versions.env, built here if missing.
 #
@@ -16,20 +17,22 @@
 # upstream's own go.mod/go.sum. Binaries land in the cache directory, never in the
 # repository. A second run only checks the cache.
 #
-# Environment knobs: CONSUL_BIN, NOMAD_BIN, VERSITYGW_BIN, XDG_CACHE_HOME, GOPROXY
-# (as usual for go), AGENTS_BUILD_JOBS (go build -p, default: nproc), AGENTS_REBUILD=1
+# Environment knobs: CONSUL_BIN, NOMAD_BIN, VERSITYGW_BIN, NOMAD_AUTOSCALER_BIN,
+# XDG_CACHE_HOME, GOPROXY (as usual for go), AGENTS_BUILD_JOBS (go build -p,
+# default: nproc), AGENTS_REBUILD=1
 # (ignore PATH and cached binaries and rebuild the pinned ones), AGENTS_GO_CACHES
 # (scratch: private Go caches removed after a successful build, the default;
 # shared: Go's usual GOMODCACHE/GOCACHE, kept).
 #
 # Output: for each binary a line "<name> <path>" followed by its version output
-# (indented), and an env file $cache/agents.env with CONSUL_BIN=, NOMAD_BIN= and
-# VERSITYGW_BIN=.
+# (indented), and an env file $cache/agents.env with CONSUL_BIN=, NOMAD_BIN=,
+# VERSITYGW_BIN= and NOMAD_AUTOSCALER_BIN=.
 #
-# `build.sh --no-build [consul|nomad|versitygw ...]` only resolves (the one lookup,
-# which comfy_service/agents/binaries.py calls): it prints "<name> <path>" for each
-# name asked (default all three) and exits 3, saying to run `make agents`, when one
-# would have to be built. It takes no lock and touches nothing in the cache.
+# `build.sh --no-build [consul|nomad|versitygw|nomad-autoscaler ...]` only resolves
+# (the one lookup, which comfy_service/agents/binaries.py calls): it prints
+# "<name> <path>" for each name asked (default all four) and exits 3, saying to run
+# `make agents`, when one would have to be built. It takes no lock and touches
+# nothing in the cache.
 set -euo pipefail
 
 no_build=0
@@ -48,11 +51,13 @@ env_file="$cache_root/agents.env"
 [ "$no_build" = 1 ] || mkdir -p "$bin_dir"
 
 # The binaries this script provides; each has <NAME>_VERSION in versions.env and
-# is resolved from $<NAME>_BIN first.
-agents="consul nomad versitygw"
+# is resolved from $<NAME>_BIN first (NAME: upper case, '-' as '_').
+agents="consul nomad versitygw nomad-autoscaler"
 
 log() { printf '[agents] %s\n' "$*" >&2; }
-upper() { printf '%s' "$1" | tr '[:lower:]' '[:upper:]'; } # bash 3.2 (macOS) has no ${x^^}
+# NAME -> the NAME part of its variables: nomad-autoscaler -> NOMAD_AUTOSCALER.
+# tr, not ${x^^}: bash 3.2 (macOS) has no case conversion.
+upper() { printf '%s' "$1" | tr '[:lower:]-' '[:upper:]_'; }
 die() { printf '[agents] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- go environment for reproducible, non-interactive builds ----------------
@@ -131,6 +136,12 @@ version_arg() {
 stamp_ldflags() {
     local name="$1" module="$2" version="$3" commit="$4" date="$5"
     case "$name" in
+        nomad-autoscaler)
+            # GitDescribe as upstream's release builds set it (unset, the version reads
+            # "v0.5.0-dev"); it has no BuildDate.
+            printf -- '-X %s/version.GitDescribe=v%s' "$module" "$version"
+            [ -z "$commit" ] || printf -- ' -X %s/version.GitCommit=%s' "$module" "$commit"
+            ;;
         versitygw)
             printf -- '-X main.Version=%s' "$version"
             [ -z "$commit" ] || printf -- ' -X main.Build=%s' "$commit"
@@ -236,6 +247,10 @@ resolve() {
             # CGO_ENABLED=0 as upstream's releases (.goreleaser.yaml); no nested modules.
             build versitygw github.com/versity/versitygw "$VERSITYGW_VERSION" ./cmd/versitygw "" "" "${VERSITYGW_GIT_COMMIT:-}" 0
             ;;
+        nomad-autoscaler)
+            # CGO_ENABLED=0 and no tags, as upstream's GNUmakefile; no nested modules.
+            build nomad-autoscaler github.com/hashicorp/nomad-autoscaler "$NOMAD_AUTOSCALER_VERSION" . "" "" "${NOMAD_AUTOSCALER_GIT_COMMIT:-}" 0
+            ;;
     esac
     RESOLVED="$cached"
 }
@@ -267,21 +282,21 @@ done
 
 for name in $agents; do
     resolve "$name"
-    printf -v "${name}_bin" '%s' "$RESOLVED"
+    printf -v "$(upper "$name")_bin" '%s' "$RESOLVED"
 done
 drop_scratch_caches
 
 {
     printf '# written by tools/agents/build.sh\n'
     for name in $agents; do
-        bin_var="${name}_bin"
+        bin_var="$(upper "$name")_bin"
         printf '%s_BIN=%s\n' "$(upper "$name")" "${!bin_var}"
     done
 } >"$env_file.tmp"
 mv -f "$env_file.tmp" "$env_file"
 
 for name in $agents; do
-    bin_var="${name}_bin"
+    bin_var="$(upper "$name")_bin"
     printf '%s %s\n' "$name" "${!bin_var}"
     "${!bin_var}" "$(version_arg "$name")" | sed 's/^/  /'
 done
