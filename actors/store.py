@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from actors.task_events import events_between
 from actors.task_metrics import observe_transition
 from actors.tasks import TaskRecord
 from comfy_service import constants as c
@@ -98,6 +99,14 @@ def ready_score(priority: int, sequence: int) -> float:
     return float(-clamped * _SEQ_SPAN + sequence)
 
 
+EVENTS_MAX = 2000    # events kept per task (progress is written at most 5 times a second)
+EVENTS_READ = 100    # events read at once by a stream
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class TaskStore:
     def __init__(self, redis: aioredis.Redis, ttl_s: int) -> None:
         self.redis = redis
@@ -160,11 +169,44 @@ class TaskStore:
                             pipe.zrem(c.ACTIVE_KEY.format(tenant=new.owner), task_id)
                     else:
                         pipe.set(key, json.dumps(new.to_dict()))
+                    # Its events, in the same transaction: a stream never misses one
+                    events = c.TASK_EVENTS_KEY.format(task_id=task_id)
+                    for name, data in events_between(record, new):
+                        pipe.xadd(events, {"event": name, "data": json.dumps(data)},
+                                  maxlen=EVENTS_MAX, approximate=True)
+                    if new.final:
+                        pipe.expire(events, self.ttl_s)
                     await pipe.execute()
                     observe_transition(record, new)
                     return new
                 except WatchError:
                     continue
+
+    # --- events (GET /api/v1/tasks/{id}/events) -------------------------------------------------
+    async def record_and_cursor(self, task_id: str) -> tuple[TaskRecord | None, str]:
+        """The record and the id of its last event, read together (what a stream starts from:
+        the state now, then every event after that id)."""
+        events = c.TASK_EVENTS_KEY.format(task_id=task_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(self.key(task_id))
+            pipe.xrevrange(events, count=1)
+            raw, last = await pipe.execute()
+        record = None if raw is None else TaskRecord.from_dict(json.loads(raw))
+        return record, (_text(last[0][0]) if last else "0-0")
+
+    async def events_after(self, task_id: str, after: str, block_ms: int
+                           ) -> list[tuple[str, str, str]]:
+        """(id, event, JSON data) of the events after `after`, waiting up to `block_ms` for
+        the first one."""
+        answer: Any = await self.redis.xread(
+            {c.TASK_EVENTS_KEY.format(task_id=task_id): after}, count=EVENTS_READ,
+            block=block_ms)
+        found = []
+        for _, entries in answer or []:
+            for entry_id, fields in entries:
+                values = {_text(k): _text(v) for k, v in fields.items()}
+                found.append((_text(entry_id), values["event"], values["data"]))
+        return found
 
     # --- the ready queue and slots -------------------------------------------------------------
     async def enqueue_ready(self, record: TaskRecord) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 KEY_PREFIX = "cs:"
 TASK_KEY = KEY_PREFIX + "task:{task_id}"            # JSON task record
+TASK_EVENTS_KEY = KEY_PREFIX + "events:{task_id}"   # STREAM of a task's events (task_events.py)
 IDEMPOTENCY_KEY = KEY_PREFIX + "idem:{key_hash}"     # task id + request hash
 READY_KEY = KEY_PREFIX + "ready"                     # ZSET of task ids waiting for a slot
 SLOTS_KEY = KEY_PREFIX + "slots:{node}"              # HASH task id -> owning worker

@@ -108,6 +108,10 @@ class QuotaExceeded(TooManyRequests):
     code = "quota_exceeded"
 
 
+class TooManyStreams(TooManyRequests):
+    code = "too_many_streams"
+
+
 class Unavailable(ServiceError):
     status, code = 503, "unavailable"
 

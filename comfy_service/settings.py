@@ -41,6 +41,8 @@ class Settings:
     rate_limit_per_s: float = 0.0
     rate_limit_burst: int = 0
     max_active_tasks: int = 0
+    sse_keepalive_s: float = 15.0        # a comment on an idle event stream this often
+    sse_max_streams_per_key: int = 20    # open event streams per API key (429 beyond)
     api_key_limits: str = field(default="", repr=False)  # key=rate/burst/active;...
     node_slots: int = 2
     task_ttl_s: int = 7 * 24 * 3600
@@ -102,6 +104,9 @@ class Settings:
             rate_limit_per_s=max(0.0, float(get("RATE_LIMIT_PER_S", "0"))),
             rate_limit_burst=max(0, int(get("RATE_LIMIT_BURST", "0"))),
             max_active_tasks=max(0, int(get("MAX_ACTIVE_TASKS", "0"))),
+            sse_keepalive_s=max(0.5, float(get("SSE_KEEPALIVE_S", str(cls.sse_keepalive_s)))),
+            sse_max_streams_per_key=max(1, int(get("SSE_MAX_STREAMS_PER_KEY",
+                                                   str(cls.sse_max_streams_per_key)))),
             api_key_limits=get("API_KEY_LIMITS", ""),
             node_slots=max(1, int(get("NODE_SLOTS", str(cls.node_slots)))),
             task_ttl_s=task_ttl_s,

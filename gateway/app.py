@@ -60,6 +60,7 @@ from comfy_service.storage import StoreFailure, StoreMismatch, open_store
 from comfy_service.templates import FieldError, Template, load_templates
 from gateway.auth import bearer_key
 from gateway.body import read_json
+from gateway.events import EventStreams, resume_from
 from gateway.generate import new_record, new_task_id, parse_generate, ref_field
 from gateway.node_admin import NodeAdmin
 from gateway.openapi import endpoint as openapi_endpoint
@@ -90,11 +91,13 @@ class Gateway:
         self.uploads = UploadStore(self.redis, settings.upload_ttl_s)
         self.retention = Retention(self.redis, self.blobs, settings.task_ttl_s)
         self.node_admin = NodeAdmin(settings)
+        self.streams = EventStreams(settings)
         self._classes: Mapping[str, NodeClass] = {}
         self._classes_at = -CLASSES_TTL_S
 
     async def close(self) -> None:
         await self.node_admin.close()
+        await self.streams.aclose()
         await self.blobs.aclose()
         await self.redis.aclose()
         self.broker.close()
@@ -220,6 +223,20 @@ class Gateway:
         tenant = (await self.admit_request(request)).tenant
         record = await self._record(request.path_params["task_id"], tenant)
         return JSONResponse(record.public())
+
+    async def task_events(self, request: Request) -> Response:
+        """GET /api/v1/tasks/{id}/events: Server-Sent Events (gateway/events.py)."""
+        tenant = (await self.admit_request(request)).tenant
+        task_id = request.path_params["task_id"]
+        record, cursor = await self.streams.store.record_and_cursor(task_id)
+        if record is None or not visible_to(record, tenant):
+            raise TaskNotFound(f"no task {task_id!r} (unknown, or expired after its retention)")
+        after = resume_from(request.headers.get("last-event-id"))
+        stream = await self.streams.open(tenant)
+        return StreamingResponse(
+            self.streams.follow(record, after or cursor, tenant, stream, after is not None),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def _record(self, task_id: str, tenant: str | None) -> tasks.TaskRecord:
         record = await self.store.get(task_id)
@@ -466,6 +483,7 @@ def create_app(settings: Settings, templates: dict[str, Template] | None = None)
               methods=["POST"]),
         Route("/api/v1/tasks/{task_id}", _guard(gateway.get_task), methods=["GET"]),
         Route("/api/v1/tasks/{task_id}", _guard(gateway.cancel_task), methods=["DELETE"]),
+        Route("/api/v1/tasks/{task_id}/events", _guard(gateway.task_events), methods=["GET"]),
         Route("/api/v1/tasks/{task_id}/outputs/{index:int}", _guard(gateway.get_output),
               methods=["GET"]),
         Route("/api/v1/uploads", _guard(gateway.upload), methods=["POST"]),

@@ -273,6 +273,17 @@ def _paths() -> dict[str, dict[str, Any]]:
                  "202": _json("Task", "Running: being interrupted on its node.")},
                 # 405: a task_id holding "/outputs/<n>" routes to the outputs path (GET only)
                 (*guarded, 404, 405, 409), _AUTH, ("task_id",))},
+        "/api/v1/tasks/{task_id}/events": {"get": _operation(
+            "taskEvents", "A task's events as Server-Sent Events", {"200": {
+                "description": "text/event-stream. First `state` (the task now), then every "
+                               "event after it: `state` (status, node, attempts), `progress` "
+                               "(value, max, fraction, node), `outputs`, and `end` (final "
+                               "status, error), after which the stream ends. Each has an `id`; "
+                               "reconnect with Last-Event-ID to get every later event once. "
+                               "Idle streams get a comment every SSE_KEEPALIVE_S.",
+                "headers": {REQUEST_ID_HEADER: _ref("headers", REQUEST_ID_HEADER)},
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+            (*guarded, 404), _AUTH, ("task_id", "Last-Event-ID"))},
         "/api/v1/tasks/{task_id}/outputs/{index}": {"get": _operation(
             "getOutput", "An output file of a succeeded task", {"200": {
                 "description": "The file (streamed), with the content type its record names.",
@@ -337,6 +348,10 @@ def _parameters() -> dict[str, dict[str, Any]]:
                     "description": "A node's `name` in GET /api/v1/nodes."},
         "action": {"name": "action", "in": "path", "required": True,
                    "schema": {"enum": list(availability.ACTIONS)}},
+        "Last-Event-ID": {
+            "name": "Last-Event-ID", "in": "header", "required": False,
+            "schema": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+            "description": "The id of the last event received: the stream resumes after it."},
         c.IDEMPOTENCY_HEADER: {
             "name": c.IDEMPOTENCY_HEADER, "in": "header", "required": False,
             "schema": {"type": "string"},

@@ -8,6 +8,8 @@
   speeds   nodes of speeds 1x/2x/4x through Consul, NODE_WEIGHT set vs learned speeds
   mesh     nodes of speeds 1x/2x/4x through Consul (makespan vs ideal and round-robin), and
            failover time from a killed or hung node to its task running elsewhere
+  autoscale the Nomad Autoscaler on a local cluster: a burst to the first task on a new node,
+           scale-out vs a fixed fleet of 3, back at min (bench_autoscale)
 
 Run: .venv/bin/python scripts/bench.py [submit|fleet|recover|all]. Prints Markdown rows for
 docs/benchmarks.md. Everything runs on loopback and stops by itself.
@@ -450,6 +452,11 @@ def main(argv: list[str]) -> int:
             from scripts.bench_packing import bench_packing
             print("\n" + PACKING_HEADER)
             print("\n".join(bench_packing(root)), flush=True)
+        if which in ("autoscale", "all"):
+            from scripts.bench_autoscale import HEADER as AUTOSCALE_HEADER
+            from scripts.bench_autoscale import bench_autoscale
+            print("\n" + AUTOSCALE_HEADER)
+            print("\n".join(bench_autoscale(root)), flush=True)
         if which in ("recover", "all"):
             print("\n| recovery | measured | summary |\n| --- | --- | --- |")
             print("\n".join(bench_recover(root)), flush=True)

@@ -19,9 +19,17 @@ from comfy_service.agents.autoscaler_agent import AutoscalerAgent
 from comfy_service.agents.binaries import AgentBinaryNotFound, agent_binary
 from comfy_service.agents.process import managed, short_tmpdir
 from comfy_service.nomad_local import LOCAL_AUTOSCALING
-from tests.support.monitoring import PrometheusProcess, render_prometheus_config
+from tests.support.autoscaling import (
+    autoscaled,
+    backlog_prometheus,
+    backlog_query,
+    closed_loopback_url,
+    ready_to_scale,
+    running_autoscaler,
+)
+from tests.support.monitoring import PrometheusProcess
 from tests.support.nomad_cluster import Cluster, running_cluster
-from tests.support.processes import ROOT, free_port, required_binary, wait_until
+from tests.support.processes import ROOT, required_binary, wait_until
 
 AUTOSCALER_DIR = ROOT / "nomad" / "autoscaler"
 POLICY_DIR = AUTOSCALER_DIR / "policies"
@@ -34,10 +42,6 @@ BURST, STEPS = 24, 40
 @pytest.fixture(scope="module")
 def autoscaler_bin() -> str:
     return required_binary(agent_binary, "nomad-autoscaler", AgentBinaryNotFound)
-
-
-def _closed_loopback_url() -> str:
-    return f"http://127.0.0.1:{free_port()}"
 
 
 def test_the_lookup_finds_it_by_its_env_override_then_the_pinned_cache(
@@ -71,8 +75,8 @@ def _load_policy_dir(autoscaler_bin: str, policy_dir: Path) -> tuple[list[Any], 
     never started: the agent logs each parsed policy, fails to find its target, and sends
     nothing anywhere (its Nomad and Prometheus addresses are closed loopback ports)."""
     agent = AutoscalerAgent(autoscaler_bin, short_tmpdir("autoscaler-"),
-                            nomad_url=_closed_loopback_url(),
-                            prometheus_url=_closed_loopback_url(),
+                            nomad_url=closed_loopback_url(),
+                            prometheus_url=closed_loopback_url(),
                             policy_dir=policy_dir, nomad_source=False)
     with managed(agent):
         def loaded() -> tuple[list[Any], list[str]] | None:
@@ -141,11 +145,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory,
                cluster: Cluster) -> Iterator[PrometheusProcess]:
-    root = tmp_path_factory.mktemp("prometheus")
-    # No rules: only the workers' gauges matter here; alerts go to a closed loopback port
-    config = render_prometheus_config(cluster.consul.removeprefix("http://"),
-                                      _closed_loopback_url(), rule_files=())
-    process = PrometheusProcess(root, config)
+    process = backlog_prometheus(tmp_path_factory.mktemp("prometheus"), cluster)
     yield process
     process.stop()
 
@@ -153,9 +153,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="module")
 def autoscaler(autoscaler_bin: str, cluster: Cluster,
                prometheus: PrometheusProcess) -> Iterator[AutoscalerAgent]:
-    agent = AutoscalerAgent(autoscaler_bin, short_tmpdir("autoscaler-"), nomad_url=cluster.nomad,
-                            prometheus_url=prometheus.url)
-    with managed(agent):
+    with running_autoscaler(autoscaler_bin, cluster, prometheus) as agent:
         yield agent
 
 
@@ -200,41 +198,16 @@ def histories(cluster: Cluster) -> Iterator[Histories]:
     reader.stop()
 
 
-def _bound_group(cluster: Cluster, maximum: int) -> None:
-    """Lower the group's scaling max, as `-var scaling=...` would: this machine runs a few
-    simulated nodes, not the 16 GPUs of the default (`make up` passes no such variable)."""
-    job = cluster.get(f"{cluster.nomad}/v1/job/comfyui")
-    job["TaskGroups"][0]["Scaling"]["Max"] = maximum
-    httpx.post(f"{cluster.nomad}/v1/job/comfyui", json={"Job": job},
-               timeout=10).raise_for_status()
-
-
-def _policy(cluster: Cluster) -> dict[str, Any]:
-    """The group's scaling policy as Nomad hands it to the autoscaler."""
-    (stub,) = [p for p in cluster.get(f"{cluster.nomad}/v1/scaling/policies")
-               if p["Target"].get("Job") == "comfyui"]
-    policy: dict[str, Any] = cluster.get(f"{cluster.nomad}/v1/scaling/policy/{stub['ID']}")
-    return policy
-
-
 def test_a_burst_scales_the_group_out_new_nodes_take_work_and_idle_scales_it_in(
         cluster: Cluster, prometheus: PrometheusProcess, autoscaler: AutoscalerAgent,
         histories: Histories) -> None:
     # Given the group at one node, its policy in Nomad with the local timing, and Prometheus
     # reading the backlog signal from the worker (0: nothing waits)
     (first,) = wait_until(lambda: cluster.settled(1), 90, "one node allocation passing")
-    wait_until(cluster.deployed, 60, "the first deployment to finish")
-    _bound_group(cluster, MAX_NODES)
-    policy = wait_until(lambda: (found := _policy(cluster))["Max"] == MAX_NODES and found, 30,
-                        f"the policy's max at {MAX_NODES}")
+    policy = ready_to_scale(cluster, prometheus, MAX_NODES)
     assert policy["Min"] == 1
     assert {k: policy["Policy"][k] for k in LOCAL_AUTOSCALING} == LOCAL_AUTOSCALING
-    (check,) = policy["Policy"]["check"][0]["backlog"]
-    query = check["query"]
-    wait_until(lambda: prometheus.query(query), 60, "the backlog signal in Prometheus",
-               interval=0.5)
-    assert float(prometheus.query(query)[0]["value"][1]) == 0.0
-    wait_until(cluster.deployed, 60, "the job update's deployment to finish")
+    assert float(prometheus.query(backlog_query(policy))[0]["value"][1]) == 0.0
 
     # When a burst of tasks arrives
     ids = cluster.submit(BURST, steps=STEPS)
@@ -255,11 +228,8 @@ def test_a_burst_scales_the_group_out_new_nodes_take_work_and_idle_scales_it_in(
     wait_until(lambda: cluster.count() == 1 and cluster.settled(1), 150,
                "the group back at one node", interval=0.5)
     seen = histories.stop()
-    events = cluster.get(f"{cluster.nomad}/v1/job/comfyui/scale")["TaskGroups"]["gpu"]["Events"]
-    autoscaled = [(e["PreviousCount"], e["Count"]) for e in events
-                  if "nomad_policy_id" in (e.get("Meta") or {})]
-    # (the autoscaler's changes carry its policy id; Nomad lists the latest first)
-    assert max(count for _, count in autoscaled) == MAX_NODES and autoscaled[0][1] == 1, events
+    counts = [event["Count"] for event in autoscaled(cluster)]  # (the latest first)
+    assert max(counts) == MAX_NODES and counts[0] == 1, counts
 
     # And each task ran exactly once, on the node its record names: none lost, none twice
     runs = Counter(prompt for prompts in seen.values() for prompt in prompts)
