@@ -27,6 +27,7 @@ from actors.retention import BATCH as RETENTION_BATCH
 from actors.retention import Retention
 from actors.store import TaskStore
 from actors.uploads import UploadStore
+from actors.webhooks import WebhookDelivery
 from comfy_service import constants as c
 from comfy_service import metrics
 from comfy_service.availability import DRAINING, READY
@@ -79,7 +80,8 @@ class Scheduler:
             ("adopt", self._adopt_forever()), ("pubsub", self._listen_forever()),
             ("sweep", self._sweep_forever()), ("discovery", discovery),
             ("retention", self._retention_forever()),
-            ("snapshots", self._snapshot_forever()))]
+            ("snapshots", self._snapshot_forever()),
+            ("webhooks", WebhookDelivery(settings, self.redis, self.ctx.store).run_forever()))]
         event(log, "worker.started", worker=self.settings.worker_id, discovery=settings.discovery,
               nodes=list(self.ctx.links), slots=self.settings.node_slots)
         await stop.wait()

@@ -79,6 +79,30 @@ return {1, ''}
 """
 
 
+# A batch, stored and admitted in one call: every record, its place among the owner's tasks in
+# flight (all refused when the batch would take the owner past its cap), admission (ADMIT_LUA,
+# so no message per task; nothing waits in the accepted set), the batch record, one wake-up.
+# KEYS admit_keys(), owner's in-flight set ("" without an owner), batch key, each task's key;
+# ARGV cap (0: none), now (ms), batch JSON, its TTL (s), wake channel, then per task: id,
+# record JSON, ready score. 1 stored; 0 refused by the cap.
+_CREATE_BATCH = "local function admit(ARGV)\n" + ADMIT_LUA + """end
+local n = #KEYS - 6
+if KEYS[5] ~= '' then
+  local cap = tonumber(ARGV[1])
+  if cap > 0 and redis.call('ZCARD', KEYS[5]) + n > cap then return 0 end
+end
+for i = 1, n do
+  local at = 6 + 3 * (i - 1)
+  redis.call('SET', KEYS[6 + i], ARGV[at + 1])
+  if KEYS[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[2], ARGV[at]) end
+  admit({ARGV[at], ARGV[at + 2]})
+end
+redis.call('SET', KEYS[6], ARGV[3], 'EX', ARGV[4])
+redis.call('PUBLISH', ARGV[5], 'batch')
+return 1
+"""
+
+
 def acceptance_sequence() -> int:
     """First come, first served within a priority, by acceptance time (no Redis round trip;
     gateways on several hosts agree to within their clock skew)."""
@@ -115,6 +139,7 @@ class TaskStore:
         self._adopt = redis.register_script(_ADOPT)
         self._admit = redis.register_script(ADMIT_LUA)
         self._create = redis.register_script(_CREATE)
+        self._create_batch = redis.register_script(_CREATE_BATCH)
 
     @staticmethod
     def key(task_id: str) -> str:
@@ -136,6 +161,32 @@ class TaskStore:
         if earlier:
             return False, earlier.decode() if isinstance(earlier, bytes) else str(earlier)
         return bool(int(created)), None
+
+    async def create_batch(self, batch_id: str, batch_json: str, records: list[TaskRecord],
+                           owner: str | None, max_active: int = 0) -> bool:
+        """Store and admit a batch's tasks and the batch record in one round trip, all or
+        nothing: False (nothing stored) when `owner` would pass `max_active` (> 0) tasks in
+        flight. The batch record expires TASK_TTL after now."""
+        args: list[str | int | float] = [max_active, now_ms(), batch_json, self.ttl_s,
+                                         c.WAKE_CHANNEL]
+        for record in records:
+            args += [record.task_id, json.dumps(record.to_dict()),
+                     ready_score(record.priority, record.sequence)]
+        stored = await self._create_batch(
+            keys=[*admit_keys(), c.ACTIVE_KEY.format(tenant=owner) if owner else "",
+                  c.BATCH_KEY.format(batch_id=batch_id),
+                  *(self.key(record.task_id) for record in records)],
+            args=args)
+        return bool(int(stored))
+
+    async def get_batch(self, batch_id: str) -> str | None:
+        raw = await self.redis.get(c.BATCH_KEY.format(batch_id=batch_id))
+        return None if raw is None else _text(raw)
+
+    async def get_many(self, task_ids: list[str]) -> list[TaskRecord | None]:
+        """Several records in one MGET (None for one that expired)."""
+        raws = await self.redis.mget([self.key(t) for t in task_ids]) if task_ids else []
+        return [TaskRecord.from_dict(json.loads(raw)) if raw else None for raw in raws]
 
     async def unadmitted(self, older_than_s: float, limit: int = 100) -> list[str]:
         """Accepted tasks no admission message has taken after a while (the gateway died

@@ -46,6 +46,10 @@ class TaskRecord:
     request_id: str | None = None
     sequence: int = 0  # acceptance order: first come, first served within a priority
     owner: str | None = None  # tenant id of the API key that created it (None: no auth)
+    # The caller's webhook: url, events, and how its deliveries went (comfy_service/
+    # webhook_policy.py); its signing secret apart, never shown.
+    webhook: dict[str, Any] | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
 
     @property
     def final(self) -> bool:
@@ -72,6 +76,7 @@ class TaskRecord:
             "attempts": self.attempts, "created_at": self.created_at,
             "started_at": self.started_at, "finished_at": self.finished_at,
             "outputs": list(self.outputs), "error": self.error,
+            **({"webhook": self.webhook} if self.webhook is not None else {}),
         }
 
 

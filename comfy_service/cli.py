@@ -6,18 +6,26 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+CLIENT_COMMANDS = ("generate", "tasks", "nodes", "workflows")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="comfy-service", description=__doc__)
-    parser.add_argument("command", choices=["gateway", "worker", "sidecar", "sim", "up"],
+    parser.add_argument("command", choices=["gateway", "worker", "sidecar", "sim", "up",
+                                            *CLIENT_COMMANDS],
                         help="gateway: REST API v1; worker: runs tasks on ComfyUI nodes; "
                              "sidecar: one node's health and load in Consul; "
-                             "sim: a simulated ComfyUI node; up: the local stack on defaults")
+                             "sim: a simulated ComfyUI node; up: the local stack on defaults; "
+                             "generate, tasks, nodes, workflows: the API as a client "
+                             "(`comfy-service generate --help`)")
     if not args or args[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command in CLIENT_COMMANDS:
+        from comfy_service.client.cli import main as client_main
+        return client_main(args)
     if command == "sim":
         from comfyui_sim.cli import main as sim_main
         return sim_main(rest)

@@ -53,6 +53,10 @@ class OutputNotFound(ServiceError):
     status, code = 404, "output_not_found"
 
 
+class BatchNotFound(ServiceError):
+    status, code = 404, "batch_not_found"
+
+
 class NodeNotFound(ServiceError):
     status, code = 404, "node_not_found"
 
@@ -80,6 +84,11 @@ class IdempotencyConflict(ServiceError):
 
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
+
+
+class BatchTooLarge(ServiceError):
+    """More tasks in one batch than MAX_BATCH: split it."""
+    status, code = 413, "batch_too_large"
 
 
 class UnsupportedMediaType(ServiceError):

@@ -43,12 +43,23 @@ class Settings:
     max_active_tasks: int = 0
     sse_keepalive_s: float = 15.0        # a comment on an idle event stream this often
     sse_max_streams_per_key: int = 20    # open event streams per API key (429 beyond)
+    sse_max_streams: int = 1000          # open event streams per gateway process (429 beyond)
     api_key_limits: str = field(default="", repr=False)  # key=rate/burst/active;...
+    # Webhooks (comfy_service/webhook_policy.py, actors/webhooks.py): the server secret each
+    # key's signing secret is derived from (unset: from the key alone), hosts or CIDRs that may
+    # be called although private, how long failures are retried, one request's time limit,
+    # and the first retry's delay (doubling from there).
+    webhook_secret: str = field(default="", repr=False)
+    webhook_allow_hosts: tuple[str, ...] = ()
+    webhook_retry_for_s: float = 3600.0
+    webhook_timeout_s: float = 10.0
+    webhook_backoff_s: float = 1.0
     node_slots: int = 2
     task_ttl_s: int = 7 * 24 * 3600
     max_attempts: int = 3
     default_timeout_s: float = 3600.0
     max_body_bytes: int = 1024 * 1024
+    max_batch: int = 100            # tasks in one POST /api/v1/batches
     max_output_bytes: int = 512 * 1024 * 1024
     output_timeout_s: float = 300.0
     lease_ttl_s: float = 5.0
@@ -107,12 +118,20 @@ class Settings:
             sse_keepalive_s=max(0.5, float(get("SSE_KEEPALIVE_S", str(cls.sse_keepalive_s)))),
             sse_max_streams_per_key=max(1, int(get("SSE_MAX_STREAMS_PER_KEY",
                                                    str(cls.sse_max_streams_per_key)))),
+            sse_max_streams=max(1, int(get("SSE_MAX_STREAMS", str(cls.sse_max_streams)))),
             api_key_limits=get("API_KEY_LIMITS", ""),
+            webhook_secret=get("WEBHOOK_SECRET", ""),
+            webhook_allow_hosts=_csv(get("WEBHOOK_ALLOW_HOSTS")),
+            webhook_retry_for_s=max(0.0, float(get("WEBHOOK_RETRY_FOR_S",
+                                                   str(cls.webhook_retry_for_s)))),
+            webhook_timeout_s=max(0.1, float(get("WEBHOOK_TIMEOUT_S", str(cls.webhook_timeout_s)))),
+            webhook_backoff_s=max(0.01, float(get("WEBHOOK_BACKOFF_S", str(cls.webhook_backoff_s)))),
             node_slots=max(1, int(get("NODE_SLOTS", str(cls.node_slots)))),
             task_ttl_s=task_ttl_s,
             max_attempts=max(1, int(get("MAX_ATTEMPTS", str(cls.max_attempts)))),
             default_timeout_s=float(get("DEFAULT_TIMEOUT_S", str(cls.default_timeout_s))),
             max_body_bytes=int(get("MAX_BODY_BYTES", str(cls.max_body_bytes))),
+            max_batch=max(1, int(get("MAX_BATCH", str(cls.max_batch)))),
             max_output_bytes=max(1, int(get("MAX_OUTPUT_BYTES", str(cls.max_output_bytes)))),
             output_timeout_s=float(get("OUTPUT_TIMEOUT_S", str(cls.output_timeout_s))),
             lease_ttl_s=float(get("LEASE_TTL_S", str(cls.lease_ttl_s))),

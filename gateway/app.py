@@ -59,6 +59,7 @@ from comfy_service.settings import Settings
 from comfy_service.storage import StoreFailure, StoreMismatch, open_store
 from comfy_service.templates import FieldError, Template, load_templates
 from gateway.auth import bearer_key
+from gateway.batches import Batches
 from gateway.body import read_json
 from gateway.events import EventStreams, resume_from
 from gateway.generate import new_record, new_task_id, parse_generate, ref_field
@@ -66,6 +67,8 @@ from gateway.node_admin import NodeAdmin
 from gateway.openapi import endpoint as openapi_endpoint
 from gateway.quotas import UNLIMITED, Limits, RateLimiter, limits_for, over_quota, parse_key_limits
 from gateway.uploads import new_upload, read_upload, upload_key
+from gateway.webconsole import routes as console_routes
+from gateway.webhooks import WebhookDesk
 
 log = logging.getLogger("gateway")
 
@@ -92,6 +95,7 @@ class Gateway:
         self.retention = Retention(self.redis, self.blobs, settings.task_ttl_s)
         self.node_admin = NodeAdmin(settings)
         self.streams = EventStreams(settings)
+        self.webhooks = WebhookDesk(settings, self.redis)
         self._classes: Mapping[str, NodeClass] = {}
         self._classes_at = -CLASSES_TTL_S
 
@@ -146,9 +150,15 @@ class Gateway:
                 return replay
         task_id = new_task_id()
         parsed = parse_generate(body, self.templates, await self.node_classes(),
-                                lambda limit: secrets.randbelow(limit + 1), task_id)
-        await self._check_inputs(parsed.graph, tenant, body)
-        record = new_record(parsed, task_id, request_id_var.get(), acceptance_sequence(), tenant)
+                                lambda limit: secrets.randbelow(limit + 1), task_id,
+                                webhooks=True)
+        await self.check_inputs(parsed.graph, tenant, body)
+        secret = None
+        if parsed.webhook is not None:
+            await self.webhooks.check(parsed.webhook)
+            secret = self.webhooks.secret(request)
+        record = new_record(parsed, task_id, request_id_var.get(), acceptance_sequence(), tenant,
+                            secret)
         answer = {"task_id": task_id, "status": tasks.QUEUED, "created_at": record.created_at}
         idempotency = None
         if idempotency_key:
@@ -156,8 +166,12 @@ class Gateway:
                            json.dumps({"body_hash": body_hash, "answer": answer}))
         # One script stores the record, its idempotency answer and its place among the key's
         # tasks in flight, or nothing: no answer can ever name a task that was not stored.
+        if record.webhook is not None:  # noted first: a gateway dying next loses nothing
+            await self.webhooks.note(task_id)
         created, earlier = await self.store.create(record, caller.limits.max_active,
                                                    idempotency)
+        if record.webhook is not None and not created:
+            await self.webhooks.forget(task_id)
         if earlier is not None:  # the same key won a race with this request: replay it
             return self._replay(earlier, body_hash)
         if not created:
@@ -169,7 +183,7 @@ class Gateway:
         return JSONResponse(answer, status_code=202,
                             headers={"Location": f"/api/v1/tasks/{task_id}"})
 
-    async def _check_inputs(self, graph: dict[str, Any], tenant: str | None,
+    async def check_inputs(self, graph: dict[str, Any], tenant: str | None,
                             body: dict[str, Any]) -> None:
         """Every `upload:<id>` the graph reads is an upload of this caller's (422 naming the
         field otherwise); each is then kept at least UPLOAD_TTL for the task."""
@@ -219,6 +233,12 @@ class Gateway:
         return JSONResponse(answer, status_code=202,
                             headers={"Location": f"/api/v1/tasks/{answer['task_id']}"})
 
+    async def webhook_secret(self, request: Request) -> Response:
+        """GET /api/v1/webhook-secret: the caller's key's signing secret (never logged)."""
+        await self.admit_request(request)
+        return JSONResponse({"secret": self.webhooks.secret(request)},
+                            headers={"Cache-Control": "no-store"})
+
     async def get_task(self, request: Request) -> Response:
         tenant = (await self.admit_request(request)).tenant
         record = await self._record(request.path_params["task_id"], tenant)
@@ -249,6 +269,12 @@ class Gateway:
         tenant = (await self.admit_request(request)).tenant
         task_id = request.path_params["task_id"]
         await self._record(task_id, tenant)  # 404 unless the caller's
+        record, ended_now = await self.cancel(task_id)
+        return JSONResponse(record.public(), status_code=200 if ended_now else 202)
+
+    async def cancel(self, task_id: str) -> tuple[tasks.TaskRecord, bool]:
+        """Cancel a task (its own DELETE, or its batch's): the record, and whether it ended
+        now (else its worker is interrupting it); TaskFinished if it succeeded or failed."""
         ended_now = False
 
         def cancel(record: tasks.TaskRecord) -> tasks.TaskRecord:
@@ -264,7 +290,7 @@ class Gateway:
         await self.store.remove_ready(task_id)
         await self.redis.publish(c.CANCEL_CHANNEL, task_id)
         event(log, "task.cancel_requested", task_id=task_id, status=record.status)
-        return JSONResponse(record.public(), status_code=200 if ended_now else 202)
+        return record, ended_now
 
     async def get_output(self, request: Request) -> Response:
         tenant = (await self.admit_request(request)).tenant
@@ -478,9 +504,13 @@ def create_app(settings: Settings, templates: dict[str, Template] | None = None)
         event(log, "http.unhandled", logging.ERROR, exc_info=True, path=request.url.path)
         return _error_response(ServiceError("internal error; the request id is in the logs"))
 
+    batches = Batches(gateway)
     routes = [
         Route("/api/v1/generate", _counting_rejections(_guard(gateway.generate)),
               methods=["POST"]),
+        Route("/api/v1/batches", _counting_rejections(_guard(batches.create)), methods=["POST"]),
+        Route("/api/v1/batches/{batch_id}", _guard(batches.get), methods=["GET"]),
+        Route("/api/v1/batches/{batch_id}", _guard(batches.cancel), methods=["DELETE"]),
         Route("/api/v1/tasks/{task_id}", _guard(gateway.get_task), methods=["GET"]),
         Route("/api/v1/tasks/{task_id}", _guard(gateway.cancel_task), methods=["DELETE"]),
         Route("/api/v1/tasks/{task_id}/events", _guard(gateway.task_events), methods=["GET"]),
@@ -489,12 +519,15 @@ def create_app(settings: Settings, templates: dict[str, Template] | None = None)
         Route("/api/v1/uploads", _guard(gateway.upload), methods=["POST"]),
         Route("/api/v1/workflows", _guard(gateway.workflows), methods=["GET"]),
         Route("/api/v1/nodes", _guard(gateway.nodes), methods=["GET"]),
+        Route("/api/v1/webhook-secret", _guard(gateway.webhook_secret), methods=["GET"]),
         Route("/api/v1/nodes/{node_id}/{action}", _guard(gateway.node_action),
               methods=["POST"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", _guard(gateway.readyz), methods=["GET"]),
         Route("/metrics", gateway.metrics, methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint(gateway.templates, settings.max_body_bytes), methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(gateway.templates, settings.max_body_bytes,
+                                                settings.max_batch), methods=["GET"]),
+        *console_routes(),  # GET / and /console/*: the web console (gateway/webconsole.py)
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         ServiceError: service_error, HTTPException: http_error, Exception: unexpected})

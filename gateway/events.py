@@ -7,7 +7,9 @@ that one, none twice. An idle stream gets a comment every SSE_KEEPALIVE_S so pro
 open; the stream ends after the `end` event. Any gateway process serves any task.
 
 Open streams are counted per API key in Redis (a ZSET of stream ids with an expiry refreshed
-while open, so a gateway that dies does not leak them); past SSE_MAX_STREAMS_PER_KEY: 429.
+while open, so a gateway that dies does not leak them); past SSE_MAX_STREAMS_PER_KEY: 429. Each
+open stream holds one Redis connection in a blocking read, so a process serves at most
+SSE_MAX_STREAMS of them (429 beyond; more gateway processes serve more).
 """
 
 from __future__ import annotations
@@ -52,16 +54,23 @@ class EventStreams:
         self.settings = settings
         # Its own connections: each open stream holds one in a blocking read for up to the
         # keep-alive interval, longer than the API's Redis timeout allows.
+        # One per open stream, a few for opening and closing them.
         self.redis = aioredis.Redis.from_url(settings.redis_url,
                                              socket_timeout=settings.sse_keepalive_s + 5,
-                                             socket_connect_timeout=2)
+                                             socket_connect_timeout=2,
+                                             max_connections=settings.sse_max_streams + 16)
         self.store = TaskStore(self.redis, settings.task_ttl_s)
+        self.open_here = 0  # streams this process serves now
 
     async def aclose(self) -> None:
         await self.redis.aclose()
 
     async def open(self, tenant: str | None) -> str:
-        """Count one more open stream for the key, or 429 past the limit."""
+        """Count one more open stream for the key, or 429 past the limit (per key, across
+        gateways; and per process, whose Redis connections are bounded)."""
+        if self.open_here >= self.settings.sse_max_streams:
+            raise TooManyStreams(f"this gateway process serves {self.settings.sse_max_streams} "
+                                 "event streams already", retry_after_s=1)
         key = STREAMS_KEY.format(tenant=tenant or "anonymous")
         stream = uuid.uuid4().hex
         now = time.time() * 1000
@@ -76,6 +85,7 @@ class EventStreams:
             raise TooManyStreams(
                 f"at most {self.settings.sse_max_streams_per_key} open event streams per key",
                 retry_after_s=self.settings.sse_keepalive_s)
+        self.open_here += 1
         return stream
 
     async def _renew(self, tenant: str | None, stream: str) -> None:
@@ -86,6 +96,7 @@ class EventStreams:
             await pipe.execute()
 
     async def close(self, tenant: str | None, stream: str) -> None:
+        self.open_here -= 1
         await self.redis.zrem(STREAMS_KEY.format(tenant=tenant or "anonymous"), stream)
 
     async def follow(self, record: TaskRecord, cursor: str, tenant: str | None, stream: str,

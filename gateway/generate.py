@@ -15,10 +15,11 @@ from comfy_service.comfyui.validation import PromptCrash, validate_prompt
 from comfy_service.errors import Unavailable, ValidationFailed, WorkflowNotFound
 from comfy_service.inputs import InputRef, looks_like_ref
 from comfy_service.templates import FieldError, Template, looks_like_ui_format, render, resolve
+from comfy_service.webhook_policy import WebhookSpec, initial_status, parse_webhook
 from gateway.limits import check_graph_shape
 
 DEFAULT_WORKFLOW = "txt2img"
-ALLOWED_KEYS = {"workflow", "params", "workflow_json", "priority", "timeout_s"}
+ALLOWED_KEYS = {"workflow", "params", "workflow_json", "priority", "timeout_s", "webhook"}
 MAX_TIMEOUT_S = 24 * 3600
 
 
@@ -29,6 +30,7 @@ class GenerateRequest:
     graph: dict[str, Any]
     priority: int
     timeout_s: float | None
+    webhook: WebhookSpec | None = None
 
 
 def _fail(errors: list[FieldError]) -> ValidationFailed:
@@ -70,15 +72,22 @@ def _options(body: Mapping[str, Any]) -> tuple[int, float | None, list[FieldErro
 
 def parse_generate(body: Any, templates: Mapping[str, Template],
                    classes: Mapping[str, NodeClass],
-                   draw_seed: Callable[[int], int], task_id: str) -> GenerateRequest:
-    """Check a generate body; raises ValidationFailed (422) or WorkflowNotFound (404)."""
+                   draw_seed: Callable[[int], int], task_id: str,
+                   webhooks: bool = False) -> GenerateRequest:
+    """Check a generate body; raises ValidationFailed (422) or WorkflowNotFound (404).
+    `webhook` is a field only where the caller vets and notes it (`webhooks`)."""
     if not isinstance(body, dict):
         raise _fail([FieldError("body", "must be a JSON object")])
-    errors = [FieldError(key, "unknown field") for key in sorted(set(body) - ALLOWED_KEYS)]
+    allowed = ALLOWED_KEYS if webhooks else ALLOWED_KEYS - {"webhook"}
+    errors = [FieldError(key, "unknown field") for key in sorted(set(body) - allowed)]
     if not_finite := _non_finite(body):
         raise _fail(errors + not_finite)
     priority, timeout_s, option_errors = _options(body)
     errors += option_errors
+    webhook = None
+    if webhooks and "webhook" in body:
+        webhook, webhook_errors = parse_webhook(body["webhook"])
+        errors += webhook_errors
     if "workflow_json" in body:
         if "workflow" in body or "params" in body:
             errors.append(FieldError("workflow_json", "give either workflow (with params) or "
@@ -89,7 +98,7 @@ def parse_generate(body: Any, templates: Mapping[str, Template],
             raise Unavailable("no healthy ComfyUI node has reported its node classes yet, so "
                               "workflow_json cannot be validated; retry shortly")
         graph = check_custom_graph(body["workflow_json"], classes)
-        return GenerateRequest(None, None, graph, priority, timeout_s)
+        return GenerateRequest(None, None, graph, priority, timeout_s, webhook)
 
     name = body.get("workflow", DEFAULT_WORKFLOW)
     if not isinstance(name, str):
@@ -109,7 +118,7 @@ def parse_generate(body: Any, templates: Mapping[str, Template],
         if not result.ok or result.node_errors:
             raise ValidationFailed("no ComfyUI node can run this workflow with these params",
                                    {"error": result.error, "node_errors": result.node_errors})
-    return GenerateRequest(name, values, graph, priority, timeout_s)
+    return GenerateRequest(name, values, graph, priority, timeout_s, webhook)
 
 
 def check_custom_graph(graph: Any, classes: Mapping[str, NodeClass]) -> dict[str, Any]:
@@ -147,11 +156,15 @@ def ref_field(body: Mapping[str, Any], ref: InputRef) -> str:
 
 
 def new_record(request: GenerateRequest, task_id: str, request_id: str | None,
-               sequence: int, owner: str | None = None) -> TaskRecord:
+               sequence: int, owner: str | None = None,
+               webhook_secret: str | None = None) -> TaskRecord:
+    """The task to store; with a webhook, `webhook_secret` signs its deliveries."""
+    webhook = initial_status(request.webhook) if request.webhook is not None else None
     return TaskRecord(task_id=task_id, status=QUEUED, graph=request.graph, created_at=utc_now(),
                       workflow=request.workflow, params=request.params,
                       priority=request.priority, timeout_s=request.timeout_s,
-                      request_id=request_id, sequence=sequence, owner=owner)
+                      request_id=request_id, sequence=sequence, owner=owner,
+                      webhook=webhook, webhook_secret=webhook_secret if webhook else None)
 
 
 def new_task_id() -> str:

@@ -22,7 +22,10 @@ from comfy_service import availability
 from comfy_service import constants as c
 from comfy_service.errors import CodedError, ServiceError, TaskFailure
 from comfy_service.media import OUTPUT_TYPES, UPLOAD_TYPES
+from comfy_service.settings import Settings
 from comfy_service.templates import Template
+from comfy_service.webhook_policy import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH
+from gateway.batches import EXPIRED
 from gateway.generate import DEFAULT_WORKFLOW, MAX_TIMEOUT_S
 from gateway.limits import MAX_GRAPH_DEPTH, MAX_GRAPH_NODES, MAX_JSON_DEPTH
 
@@ -142,7 +145,28 @@ def _options() -> dict[str, Any]:
                      "default": 0, "description": "Higher runs first; FIFO within a priority."},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S,
                       "description": "Execution time limit in seconds (default: the service's)."},
+        "webhook": _ref("schemas", "Webhook"),
     }
+
+
+def webhook_schema() -> dict[str, Any]:
+    return _obj({
+        "url": {"type": "string", "maxLength": MAX_URL_LENGTH, "pattern": "^https?://",
+                "description": "http(s); its host must resolve only to public addresses (no "
+                               "loopback, private, link-local, multicast or cloud metadata "
+                               "address, unless in WEBHOOK_ALLOW_HOSTS): 422 naming "
+                               "`webhook.url` otherwise. Checked again before each delivery; "
+                               "redirects are not followed."},
+        "events": {"type": "array", "items": {"enum": list(EVENTS)}, "minItems": 1,
+                   "uniqueItems": True, "default": list(DEFAULT_EVENTS),
+                   "description": "The task's events to POST (as GET .../events names them)."}},
+        required=["url"], description=(
+            "POST /api/v1/generate only (not in a batch's items). The workers POST each "
+            "chosen event of the task, in order, at least once, as JSON `{type: \"task.<event>\", "
+            "timestamp, data}` signed per Standard Webhooks (webhook-id, stable across retries; "
+            "webhook-timestamp; webhook-signature) with the key's secret from GET "
+            "/api/v1/webhook-secret; a non-2xx answer or none within WEBHOOK_TIMEOUT_S is "
+            "retried with exponential backoff for WEBHOOK_RETRY_FOR_S, then given up."))
 
 
 def _component_name(name: str) -> str:
@@ -165,6 +189,7 @@ def generate_schemas(templates: Mapping[str, Template]) -> dict[str, dict[str, A
              "params": _ref("schemas", f"Params.{key}"), **_options()},
             required=required, title=f"workflow {name}")
         variants.append(_ref("schemas", f"Generate.{key}"))
+    schemas["Webhook"] = webhook_schema()
     schemas["WorkflowJson"] = {
         "type": "object", "minProperties": 1, "maxProperties": MAX_GRAPH_NODES,
         "description": "An API-format ComfyUI graph ('Export (API)'), checked against the node "
@@ -184,6 +209,26 @@ def generate_schemas(templates: Mapping[str, Template]) -> dict[str, dict[str, A
     return schemas
 
 
+def batch_schemas(max_batch: int) -> dict[str, dict[str, Any]]:
+    """The two forms of a batch body: a list of generate bodies, or one body and a count."""
+    generate = _ref("schemas", "GenerateRequest")
+    return {
+        "Batch.requests": _obj({"requests": {"type": "array", "items": generate, "minItems": 1,
+                                             "maxItems": max_batch}}, title="requests"),
+        "Batch.count": _obj(
+            {"request": generate,
+             "count": {"type": "integer", "minimum": 1, "maximum": max_batch},
+             "vary_seed": {"type": "boolean", "default": False,
+                           "description": "Copy i gets the request's seed + i (drawn first "
+                                          "when absent) if its template has a `seed`."}},
+            required=["request", "count"], title="request with count"),
+        "BatchRequest": {"anyOf": [_ref("schemas", "Batch.requests"),
+                                   _ref("schemas", "Batch.count")],
+                         "description": f"At most {max_batch} tasks (MAX_BATCH; 413 "
+                                        "batch_too_large beyond); all valid or none stored "
+                                        "(a 422 names each bad field as requests[i].<field>)."}}
+
+
 # --- answers -----------------------------------------------------------------------------------
 
 def answer_schemas() -> dict[str, dict[str, Any]]:
@@ -197,19 +242,37 @@ def answer_schemas() -> dict[str, dict[str, Any]]:
                                                      "list"]},
                            "required": {"type": "boolean"}, "default": {},
                            "description": string}}
+    task = {
+        "task_id": string, "status": {"enum": TASK_STATUSES},
+        "workflow": _nullable({"type": "string", "description": "null for workflow_json"}),
+        "params": _nullable({"type": "object", "description": "With defaults filled in."}),
+        "node": maybe,
+        "progress": _nullable(_obj({"value": number, "max": number, "fraction": number})),
+        "attempts": {"type": "integer", "minimum": 0}, "created_at": string,
+        "started_at": maybe, "finished_at": maybe, "outputs": {"type": "array", "items": output},
+        "error": _nullable(_error_schema(task_error_codes(), "What ComfyUI said")["properties"]
+                           ["error"]),
+        "webhook": _obj({
+            "url": string, "events": {"type": "array", "items": {"enum": list(EVENTS)}},
+            "delivered": integer, "given_up": integer,
+            "attempts": {"type": "integer", "description": "Requests made, retries included."},
+            "last_status": _nullable(integer), "last_error": maybe},
+            description="Only for a task submitted with a webhook: how its deliveries went."),
+    }
     return {
         "TaskAccepted": _obj({"task_id": string, "status": {"const": tasks.QUEUED},
                               "created_at": string}),
-        "Task": _obj({
-            "task_id": string, "status": {"enum": TASK_STATUSES},
-            "workflow": _nullable({"type": "string", "description": "null for workflow_json"}),
-            "params": _nullable({"type": "object", "description": "With defaults filled in."}),
-            "node": maybe,
-            "progress": _nullable(_obj({"value": number, "max": number, "fraction": number})),
-            "attempts": {"type": "integer", "minimum": 0}, "created_at": string,
-            "started_at": maybe, "finished_at": maybe, "outputs": {"type": "array", "items": output},
-            "error": _nullable(_error_schema(task_error_codes(), "What ComfyUI said")["properties"]
-                               ["error"])}),
+        "Task": _obj(task, required=[k for k in task if k != "webhook"]),
+        "WebhookSecret": _obj({"secret": {"type": "string", "pattern": "^whsec_",
+                                          "description": "Standard Webhooks secret (base64)."}}),
+        "BatchAccepted": _obj({"batch_id": string, "task_ids": {"type": "array", "items": string},
+                               "created_at": string}),
+        "Batch": _obj({
+            "batch_id": string, "created_at": string, "total": integer,
+            "counts": _obj({status: integer for status in TASK_STATUSES}),
+            "tasks": {"type": "array", "items": _obj({
+                "task_id": string, "status": {"enum": [*TASK_STATUSES, EXPIRED]},
+                "outputs": {"type": "array", "items": output}})}}),
         "Workflows": _obj({"workflows": {"type": "array", "items": _obj({
             "name": string, "description": string,
             "params": {"type": "object", "additionalProperties": spec}})}}),
@@ -264,6 +327,23 @@ def _paths() -> dict[str, dict[str, Any]]:
             (*guarded, 400, 404, 409, 413, 415, 422), _AUTH, (c.IDEMPOTENCY_HEADER,),
             requestBody={"required": True, "content": {"application/json": {
                 "schema": _ref("schemas", "GenerateRequest")}}})},
+        "/api/v1/batches": {"post": _operation(
+            "createBatch", "Submit many tasks at once", {"202": _json(
+                "BatchAccepted", "Every task stored and queued, in the request's order.",
+                Location={"description": "/api/v1/batches/{batch_id}", "required": True,
+                          "schema": {"type": "string"}})},
+            (*guarded, 400, 413, 415, 422), _AUTH,
+            requestBody={"required": True, "content": {"application/json": {
+                "schema": _ref("schemas", "BatchRequest")}}})},
+        "/api/v1/batches/{batch_id}": {
+            "get": _operation("getBatch", "A batch's counts by status, and each task",
+                              {"200": _json("Batch", "The batch.")}, (*guarded, 404), _AUTH,
+                              ("batch_id",)),
+            "delete": _operation(
+                "cancelBatch", "Cancel every task of a batch that has not ended",
+                {"200": _json("Batch", "Every task has ended."),
+                 "202": _json("Batch", "Running tasks are being interrupted on their nodes.")},
+                (*guarded, 404), _AUTH, ("batch_id",))},
         "/api/v1/tasks/{task_id}": {
             "get": _operation("getTask", "A task's state and outputs", task, (*guarded, 404),
                               _AUTH, ("task_id",)),
@@ -308,6 +388,11 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/api/v1/workflows": {"get": _operation(
             "listWorkflows", "Templates and their typed parameters",
             {"200": _json("Workflows", "The templates.")}, guarded, _AUTH)},
+        "/api/v1/webhook-secret": {"get": _operation(
+            "webhookSecret", "The secret that signs your webhooks (per API key)",
+            {"200": _json("WebhookSecret", "Verify deliveries with it (e.g. the "
+                          "standardwebhooks library's Webhook(secret).verify).")},
+            guarded, _AUTH)},
         "/api/v1/nodes": {"get": _operation(
             "listNodes", "Nodes as the workers see them", {"200": _json("Nodes", "The nodes.")},
             guarded, _AUTH)},
@@ -332,6 +417,11 @@ def _paths() -> dict[str, dict[str, Any]]:
             "description": "OpenAPI 3.1.",
             "headers": {REQUEST_ID_HEADER: _ref("headers", REQUEST_ID_HEADER)},
             "content": {"application/json": {"schema": {"type": "object"}}}}}, (), _PUBLIC)},
+        "/": {"get": _operation("console", "The web console (a static page; it asks for the "
+                                "API key itself)", {"200": {
+            "description": "HTML; its scripts and styles are served under /console/.",
+            "headers": {REQUEST_ID_HEADER: _ref("headers", REQUEST_ID_HEADER)},
+            "content": {"text/html": {"schema": {"type": "string"}}}}}, (), _PUBLIC)},
     }
 
 
@@ -340,6 +430,9 @@ def _parameters() -> dict[str, dict[str, Any]]:
         "task_id": {"name": "task_id", "in": "path", "required": True,
                     "schema": {"type": "string", "format": "uuid"},
                     "description": "From the generate answer."},
+        "batch_id": {"name": "batch_id", "in": "path", "required": True,
+                     "schema": {"type": "string"},
+                     "description": "From the batch answer; kept TASK_TTL after creation."},
         "index": {"name": "index", "in": "path", "required": True,
                   "schema": {"type": "integer", "minimum": 0},
                   "description": "The output's index in the task's `outputs`."},
@@ -365,8 +458,9 @@ def _parameters() -> dict[str, dict[str, Any]]:
     }
 
 
-def build_document(templates: Mapping[str, Template], max_body_bytes: int) -> dict[str, Any]:
-    """The whole OpenAPI 3.1 document for these templates and this body limit."""
+def build_document(templates: Mapping[str, Template], max_body_bytes: int,
+                   max_batch: int = Settings.max_batch) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document for these templates and these limits."""
     codes = error_codes()
     notes = {413: f" (bodies over {max_body_bytes} bytes)",
              429: " (retry after Retry-After seconds)"}
@@ -386,7 +480,8 @@ def build_document(templates: Mapping[str, Template], max_body_bytes: int) -> di
                  "description": "ComfyUI workflows as a stable, distributed service: REST API v1."},
         "paths": _paths(),
         "components": {
-            "schemas": {**generate_schemas(templates), **answer_schemas()},
+            "schemas": {**generate_schemas(templates), **batch_schemas(max_batch),
+                        **answer_schemas()},
             "responses": responses,
             "parameters": _parameters(),
             "headers": {REQUEST_ID_HEADER: {"schema": {"type": "string"}, "required": True,
@@ -398,10 +493,10 @@ def build_document(templates: Mapping[str, Template], max_body_bytes: int) -> di
     }
 
 
-def endpoint(templates: Mapping[str, Template], max_body_bytes: int
-             ) -> Callable[[Request], Awaitable[Response]]:
+def endpoint(templates: Mapping[str, Template], max_body_bytes: int,
+             max_batch: int = Settings.max_batch) -> Callable[[Request], Awaitable[Response]]:
     """The GET /openapi.json handler: the document, built once."""
-    body = json.dumps(build_document(templates, max_body_bytes)).encode()
+    body = json.dumps(build_document(templates, max_body_bytes, max_batch)).encode()
 
     async def openapi_json(request: Request) -> Response:
         return Response(body, media_type="application/json")

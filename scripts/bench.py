@@ -6,6 +6,8 @@
   metrics  the gateway's submit rate with and without its metrics (bench_metrics)
   store    an output copied from a node into the store and read back, local vs S3 (bench_store)
   speeds   nodes of speeds 1x/2x/4x through Consul, NODE_WEIGHT set vs learned speeds
+  sse      Server-Sent Event streams held open on one gateway process, with its memory
+  webhooks the submit latency a webhook adds, and task end to its event delivered (bench_webhooks)
   mesh     nodes of speeds 1x/2x/4x through Consul (makespan vs ideal and round-robin), and
            failover time from a killed or hung node to its task running elsewhere
   autoscale the Nomad Autoscaler on a local cluster: a burst to the first task on a new node,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import importlib
 import json
 import os
 import pathlib
@@ -407,6 +410,9 @@ def _adoption_time(log: pathlib.Path, task_id: str) -> float | None:
     return None
 
 
+MODULE_BENCHES = ("metrics", "store", "sse", "webhooks", "packing", "autoscale")
+
+
 def main(argv: list[str]) -> int:
     which = argv[0] if argv else "all"
     print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {platform.processor() or ''} "
@@ -438,25 +444,11 @@ def main(argv: list[str]) -> int:
         if which in ("nomad", "all"):
             print("\n| Nomad deployment (2 simulated nodes, raw_exec) | time |\n| --- | --- |")
             print("\n".join(bench_nomad(root)), flush=True)
-        if which in ("metrics", "all"):
-            from scripts.bench_metrics import HEADER as METRICS_HEADER
-            from scripts.bench_metrics import bench_metrics
-            print("\n" + METRICS_HEADER)
-            print("\n".join(bench_metrics(root)), flush=True)
-        if which in ("store", "all"):
-            from scripts.bench_store import HEADER, bench_store
-            print("\n" + HEADER)
-            print("\n".join(bench_store(root)), flush=True)
-        if which in ("packing", "all"):
-            from scripts.bench_packing import HEADER as PACKING_HEADER
-            from scripts.bench_packing import bench_packing
-            print("\n" + PACKING_HEADER)
-            print("\n".join(bench_packing(root)), flush=True)
-        if which in ("autoscale", "all"):
-            from scripts.bench_autoscale import HEADER as AUTOSCALE_HEADER
-            from scripts.bench_autoscale import bench_autoscale
-            print("\n" + AUTOSCALE_HEADER)
-            print("\n".join(bench_autoscale(root)), flush=True)
+        for name in MODULE_BENCHES:  # scripts/bench_<name>.py: HEADER and bench_<name>(root)
+            if which in (name, "all"):
+                module = importlib.import_module(f"scripts.bench_{name}")
+                print("\n" + module.HEADER)
+                print("\n".join(getattr(module, f"bench_{name}")(root)), flush=True)
         if which in ("recover", "all"):
             print("\n| recovery | measured | summary |\n| --- | --- | --- |")
             print("\n".join(bench_recover(root)), flush=True)

@@ -21,7 +21,7 @@ from PIL import Image
 from comfy_service.polling import wait_until
 from node_sidecar.meta import service_id
 from tests.agents_fixtures import ConsulAgent, consul_agent_factory  # noqa: F401  (fixture)
-from tests.support.browser import BrowserError, Chromium
+from tests.support.browser import Chromium, headless_chromium
 from tests.support.mesh import Sidecar
 from tests.support.processes import ROOT, SimNodeProcess
 
@@ -103,17 +103,8 @@ def cluster(tmp_path: pathlib.Path, consul_agent_factory: Any,  # noqa: F811
 
 @pytest.fixture()
 def browser(tmp_path: pathlib.Path) -> Iterator[Chromium]:
-    message = ""
-    try:
-        chromium = Chromium(tmp_path / "chromium.log")
-    except BrowserError as exc:  # chromium missing or broken: a failure, never a skip
-        message = str(exc)
-    if message:
-        pytest.fail(message, pytrace=False)
-    try:
+    with headless_chromium(tmp_path / "chromium.log") as chromium:
         yield chromium
-    finally:
-        chromium.stop()
 
 
 def stack_vertically(top: pathlib.Path, bottom: pathlib.Path, out: pathlib.Path) -> None:

@@ -30,6 +30,7 @@ NEWER_STRICT_KEYS = frozenset(STRICT_KEYS | {"status", "error", "cancelled", "ha
 # the probe deletes pending D 4 ms after interrupting running B, and D must still be pending
 # when that delete lands (1 s steps lost this race once on a loaded 2-core CI machine).
 NEWER_STEP_MS = 2500
+INTERRUPT_STEP_MS = 400
 
 
 def _recorded_prompts(scenario: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -90,7 +91,12 @@ def test_simulator_reproduces_captured_scenario(path: pathlib.Path, tmp_path: pa
     extra = ["--checkpoints", "random_sd15.safetensors"]
     if "--preview-method" in flags:
         extra += ["--preview-method", flags[flags.index("--preview-method") + 1]]
-    sim = SimNodeProcess(tmp_path / "sim", *extra)
+    # A replayed interrupt is sent once the server has sent what the real one had before it;
+    # it must land within the sampler step running then, or one more `progress` goes out than
+    # in the capture. 50 ms steps left too little room on a loaded machine (CI saw it).
+    interrupts = any(e["path"].startswith("/interrupt") for e in scenario["http"])
+    sim = SimNodeProcess(tmp_path / "sim", *extra,
+                         step_ms=INTERRUPT_STEP_MS if interrupts else 50)
     try:
         _prepare(scenario, sim)
         replayer = replay(scenario, sim.url)

@@ -13,9 +13,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from comfy_service.agents.process import processes_under
@@ -159,6 +160,14 @@ class Chromium:
         self.wait_for(f"!!{found}", bool, timeout, f"an element matching {selector!r}")
         self.evaluate(f"{found}.click()")
 
+    def fill(self, selector: str, value: str, timeout: float) -> None:
+        """Set a form control's value as typing would: the page sees `input` and `change`."""
+        found = f"document.querySelector({json.dumps(selector)})"
+        self.wait_for(f"!!{found}", bool, timeout, f"an element matching {selector!r}")
+        self.evaluate(f"""(el => {{ el.focus(); el.value = {json.dumps(value)};
+            el.dispatchEvent(new Event('input', {{bubbles: true}}));
+            el.dispatchEvent(new Event('change', {{bubbles: true}})); }})({found})""")
+
     def screenshot(self, path: pathlib.Path, height: float | None = None) -> pathlib.Path:
         """A PNG of the viewport, or of its top `height` pixels."""
         params: dict[str, Any] = {"format": "png"}
@@ -200,3 +209,19 @@ class Chromium:
         self._ws = None
         with contextlib.suppress(Exception):  # the socket's peer is gone: closing may complain
             self._resources.close()
+
+
+@contextlib.contextmanager
+def headless_chromium(log_path: pathlib.Path, window: tuple[int, int] = WINDOW) -> Iterator[Chromium]:
+    """A Chromium for one test: a missing or broken browser fails the test, never skips it."""
+    message = ""
+    try:
+        chromium = Chromium(log_path, window)
+    except BrowserError as exc:
+        message = str(exc)
+    if message:
+        pytest.fail(message, pytrace=False)
+    try:
+        yield chromium
+    finally:
+        chromium.stop()
