@@ -107,6 +107,21 @@ def choose_node(nodes: Iterable[NodeView], need: Need = Need(),
     return min(candidates, key=lambda n: (score(n, everyone), -n.free, n.name))
 
 
+def gpu_of(meta: Mapping[str, str]) -> dict[str, object] | None:
+    """The GPU a sidecar reports in its Meta, for people (GET /api/v1/nodes); None without one
+    (pure; bad numbers are left out)."""
+    if not meta.get("gpu_uuid"):
+        return None
+    found: dict[str, object] = {"uuid": meta["gpu_uuid"], "name": meta.get("gpu_name", "")}
+    for key, field_name in (("gpu_util", "util_pct"), ("vram_used_mb", "vram_used_mb"),
+                            ("vram_total_mb", "vram_total_mb")):
+        try:
+            found[field_name] = float(meta[key])
+        except (KeyError, ValueError):
+            pass
+    return found
+
+
 def load_from_meta(meta: Mapping[str, str]) -> dict[str, object]:
     """NodeView fields from a sidecar's Consul Meta (pure; bad values are ignored)."""
     fields: dict[str, object] = {}

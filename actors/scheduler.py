@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from actors import tasks
 from actors.discovery import DiscoveredNode, static_nodes, watch_consul
-from actors.dispatch import Need, NodeView, choose_node, load_from_meta, need_of
+from actors.dispatch import Need, NodeView, choose_node, gpu_of, load_from_meta, need_of
 from actors.execution import TaskRun, WorkerContext
 from actors.node_inputs import NodeInputs
 from actors.node_link import NodeLink
@@ -64,6 +64,7 @@ class Scheduler:
         self._meta: dict[str, dict[str, object]] = {}
         self._needs: dict[str, Need] = {}
         self._unavailable: dict[str, str] = {}  # cordoned or draining nodes and which
+        self._gpus: dict[str, dict[str, object] | None] = {}  # what each sidecar reports
         self._learned: dict[str, float | None] = {}  # speeds from actors/speeds.py, per second
         self._link_count = 0
 
@@ -126,6 +127,7 @@ class Scheduler:
         for name in [n for n in self.ctx.links if n not in current]:
             link = self.ctx.links.pop(name)
             self._meta.pop(name, None)
+            self._gpus.pop(name, None)
             for gauge in (metrics.NODE_UP, metrics.NODE_HEALTHY, metrics.SLOTS_USED,
                           metrics.SLOTS_FREE, metrics.NODE_PROGRESS, metrics.NODE_SPEED):
                 with contextlib.suppress(KeyError):
@@ -140,6 +142,7 @@ class Scheduler:
                   tasks=sum(1 for run in self.ctx.owned.values() if run.link is link))
         for name, node in current.items():
             self._meta[name] = load_from_meta(node.meta)
+            self._gpus[name] = gpu_of(node.meta)
             if name not in self.ctx.links:
                 self._link_count += 1
                 link = NodeLink(name, node.url,
@@ -366,6 +369,7 @@ class Scheduler:
                                        "availability": self._unavailable.get(name, READY),
                                        "speed": round(speed, 3), "speed_source": speed_source,
                                        "speed_samples": self.ctx.speeds.samples(name),
+                                       "gpu": self._gpus.get(name),
                                        "worker": self.settings.worker_id}
                     self._node_metrics(name, link.healthy, used[name])
                     if link.object_info is not None and name not in self._info_published:

@@ -283,7 +283,10 @@ def answer_schemas() -> dict[str, dict[str, Any]]:
             "speed": {"type": "number", "description": "Relative speed the dispatcher uses "
                       "(1 = typical)."},
             "speed_source": {"enum": ["configured", "learned", "default"]},
-            "speed_samples": integer})}}),
+            "speed_samples": integer,
+            "gpu": _nullable(_obj({"uuid": string, "name": string, "util_pct": number,
+                                   "vram_used_mb": number, "vram_total_mb": number},
+                                  required=["uuid", "name"]))})}}),
         "NodeAvailability": _obj({"node": string,
                                   "requested": {"enum": list(availability.STATES)},
                                   "availability": _nullable({"enum": list(availability.STATES)})}),

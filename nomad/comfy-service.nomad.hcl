@@ -2,6 +2,7 @@
 # nodes they find in Consul.
 #
 #   nomad var put nomad/jobs/comfy-service api_keys=key1,key2 admin_api_keys=<operators' key> \
+#     webhook_secret=<random, signs webhook deliveries> \
 #     consul_token=<token with the comfy-worker and comfy-gateway policies> \
 #     s3_access_key=<key id> s3_secret_key=<secret>      # with store.kind = "s3"
 #   nomad job run -var 'image=registry.example.com/comfy-service:0.1.0' nomad/comfy-service.nomad.hcl
@@ -131,6 +132,7 @@ locals {
   secrets = <<-EOT
     {{ with nomadVar "${var.nomad_var_path}" }}{{ with .api_keys }}API_KEYS={{ . }}{{ end }}
     {{ with .admin_api_keys }}ADMIN_API_KEYS={{ . }}{{ end }}
+    {{ with .webhook_secret }}WEBHOOK_SECRET={{ . }}{{ end }}
     {{ with .consul_token }}CONSUL_HTTP_TOKEN={{ . }}{{ end }}
     {{ with .s3_access_key }}AWS_ACCESS_KEY_ID={{ . }}{{ end }}
     {{ with .s3_secret_key }}AWS_SECRET_ACCESS_KEY={{ . }}{{ end }}{{ end }}

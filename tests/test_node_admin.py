@@ -73,6 +73,9 @@ def _maintenance_notes(mesh: Mesh, node: str) -> list[str]:
 
 def test_node_controls_need_an_admin_key_and_a_known_node(mesh: Mesh) -> None:
     node = _names(mesh)[0]
+    # (the listing shows what each node's sidecar reports of its GPU)
+    listed = {n["name"]: n for n in mesh.stack.http.get("/api/v1/nodes").json()["nodes"]}
+    assert listed[node]["gpu"]["uuid"] == "GPU-0" and listed[node]["gpu"]["util_pct"] == 10.0
     refused = _act(mesh, node, "cordon", USER_KEY)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_required"
     assert _act(mesh, node, "cordon", None).status_code == 401

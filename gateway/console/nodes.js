@@ -6,12 +6,14 @@ import { el } from "./form.js";
 const REFRESH_MS = 5000;
 
 function gpu(node) {
+  const card = node.gpu;  // what the node's sidecar reports (null without one)
+  if (!card) return "—";
   const parts = [];
-  if (typeof node.gpu_util === "number") parts.push(`${Math.round(node.gpu_util)}%`);
-  if (typeof node.vram_used_mb === "number" && typeof node.vram_total_mb === "number") {
-    parts.push(`${Math.round(node.vram_used_mb)} / ${Math.round(node.vram_total_mb)} MB`);
+  if (typeof card.util_pct === "number") parts.push(`${Math.round(card.util_pct)}%`);
+  if (typeof card.vram_used_mb === "number" && typeof card.vram_total_mb === "number") {
+    parts.push(`${Math.round(card.vram_used_mb)} / ${Math.round(card.vram_total_mb)} MB`);
   }
-  if (node.gpu_name) parts.push(node.gpu_name);
+  if (card.name) parts.push(card.name);
   return parts.join(", ") || "—";
 }
 

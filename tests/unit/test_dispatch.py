@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.dispatch import NodeView, choose_node, load_from_meta, need_of, score
+from actors.dispatch import NodeView, choose_node, gpu_of, load_from_meta, need_of, score
 
 
 def node(name: str, used: int, healthy: bool = True, slots: int = 2,
@@ -80,3 +80,17 @@ def test_equal_nodes_always_take_work() -> None:
     nodes = [NodeView(f"n{i}", True, 2, 2 if i else 0) for i in range(4)]
     chosen = choose_node(nodes, waiting=1)
     assert chosen is not None and chosen.name == "n0"
+
+
+@pytest.mark.parametrize("meta,expected", [
+    ({}, None),
+    ({"gpu_util": "50"}, None),  # no GPU identity: nothing to show
+    ({"gpu_uuid": "GPU-1", "gpu_name": "NVIDIA H100", "gpu_util": "35", "vram_used_mb": "20000",
+      "vram_total_mb": "81559"},
+     {"uuid": "GPU-1", "name": "NVIDIA H100", "util_pct": 35.0, "vram_used_mb": 20000.0,
+      "vram_total_mb": 81559.0}),
+    ({"gpu_uuid": "GPU-2", "gpu_util": "n/a"}, {"uuid": "GPU-2", "name": ""}),
+])
+def test_the_gpu_a_sidecar_reports_for_people(meta: dict[str, str],
+                                              expected: dict[str, object] | None) -> None:
+    assert gpu_of(meta) == expected
