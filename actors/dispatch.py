@@ -64,13 +64,32 @@ def can_run(node: NodeView, need: Need) -> bool:
     return node.checkpoints is None or need.checkpoints <= node.checkpoints
 
 
-def score(node: NodeView, nodes: Iterable[NodeView]) -> float:
+@dataclass(frozen=True)
+class GpuLoad:
+    """Our tasks on one physical GPU, over all the nodes (ComfyUI processes) sharing it."""
+
+    nodes: int
+    used: int
+    slots: int
+
+
+def gpu_loads(nodes: Iterable[NodeView]) -> dict[str, GpuLoad]:
+    """Per gpu_uuid, summed once per decision: scoring each node against every other one
+    would cost O(nodes^2) a bind, which a fleet of hundreds of nodes cannot afford."""
+    loads: dict[str, GpuLoad] = {}
+    for n in nodes:
+        if n.gpu_uuid:
+            known = loads.get(n.gpu_uuid, GpuLoad(0, 0, 0))
+            loads[n.gpu_uuid] = GpuLoad(known.nodes + 1, known.used + n.used,
+                                        known.slots + n.slots)
+    return loads
+
+
+def score(node: NodeView, loads: Mapping[str, GpuLoad]) -> float:
     value = node.used / (node.slots * node.weight)
-    if node.gpu_uuid:
-        same_gpu = [n for n in nodes if n.gpu_uuid == node.gpu_uuid]
-        if len(same_gpu) > 1:
-            value += SHARED_GPU_WEIGHT * sum(n.used for n in same_gpu) / sum(
-                n.slots for n in same_gpu)
+    shared = loads.get(node.gpu_uuid) if node.gpu_uuid else None
+    if shared is not None and shared.nodes > 1:
+        value += SHARED_GPU_WEIGHT * shared.used / shared.slots
     if node.gpu_util is not None:
         value += GPU_UTIL_WEIGHT * node.gpu_util / 100
     if node.vram_fraction is not None:
@@ -104,7 +123,8 @@ def choose_node(nodes: Iterable[NodeView], need: Need = Need(),
                   and (waiting is None or worth_starting(n, capable, waiting))]
     if not candidates:
         return None
-    return min(candidates, key=lambda n: (score(n, everyone), -n.free, n.name))
+    loads = gpu_loads(everyone)
+    return min(candidates, key=lambda n: (score(n, loads), -n.free, n.name))
 
 
 def gpu_of(meta: Mapping[str, str]) -> dict[str, object] | None:

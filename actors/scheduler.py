@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -65,6 +66,7 @@ class Scheduler:
         self._needs: dict[str, Need] = {}
         self._unavailable: dict[str, str] = {}  # cordoned or draining nodes and which
         self._gpus: dict[str, dict[str, object] | None] = {}  # what each sidecar reports
+        self._caps: dict[str, tuple[Any, frozenset[str] | None, frozenset[str] | None]] = {}
         self._learned: dict[str, float | None] = {}  # speeds from actors/speeds.py, per second
         self._link_count = 0
 
@@ -128,6 +130,7 @@ class Scheduler:
             link = self.ctx.links.pop(name)
             self._meta.pop(name, None)
             self._gpus.pop(name, None)
+            self._caps.pop(name, None)
             for gauge in (metrics.NODE_UP, metrics.NODE_HEALTHY, metrics.SLOTS_USED,
                           metrics.SLOTS_FREE, metrics.NODE_PROGRESS, metrics.NODE_SPEED):
                 with contextlib.suppress(KeyError):
@@ -152,15 +155,25 @@ class Scheduler:
                 event(log, "node.added", node=name, url=node.url)
         self.ctx.wake.set()
 
+    def _capabilities(self, name: str, info: dict[str, Any] | None
+                      ) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+        """A node's classes and checkpoints, from its /object_info; worked out once per
+        object_info it reports, not per bind (hundreds of classes times hundreds of nodes)."""
+        cached = self._caps.get(name)
+        if cached is not None and cached[0] is info:
+            return cached[1], cached[2]
+        classes = frozenset(info) if info else None
+        checkpoints = None
+        if info and "CheckpointLoaderSimple" in info:
+            spec = info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+            checkpoints = frozenset(spec) if isinstance(spec, list) else None
+        self._caps[name] = (info, classes, checkpoints)
+        return classes, checkpoints
+
     def _views(self, used: dict[str, int]) -> list[NodeView]:
         views = []
         for name, link in self.ctx.links.items():
-            info = link.object_info
-            classes = frozenset(info) if info else None
-            checkpoints = None
-            if info and "CheckpointLoaderSimple" in info:
-                spec = info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
-                checkpoints = frozenset(spec) if isinstance(spec, list) else None
+            classes, checkpoints = self._capabilities(name, link.object_info)
             # A cordoned or draining node finishes what it holds but is offered nothing new.
             healthy = link.healthy and name not in self._unavailable
             fields = {"weight": self._speed(name)[0], **self._meta.get(name, {})}
@@ -199,6 +212,11 @@ class Scheduler:
                     metrics.BIND_DECISIONS.labels("no_free_slot").inc()
                 return
             waiting = await store.ready_count()
+            bound = 0
+            # Bind down the looked-at tasks on this one view, counting our own binds into it;
+            # the bind script stays the authority (a slot another worker took meanwhile just
+            # fails the bind). Reading every node's slots once per bind instead cost O(nodes)
+            # Redis work a task.
             for task_id in await store.peek_ready(LOOKAHEAD):
                 need = await self._need(task_id)
                 chosen = choose_node(views, need, waiting) if need is not None else None
@@ -208,8 +226,11 @@ class Scheduler:
                     self._needs.pop(task_id, None)
                     metrics.BIND_DECISIONS.labels("bound").inc()
                     self._start(TaskRun(self.ctx, task_id, self.ctx.links[chosen.name]))
-                    break
-            else:
+                    bound += 1
+                    waiting -= 1
+                    views = [replace(v, used=v.used + 1) if v.name == chosen.name else v
+                             for v in views]
+            if not bound:
                 return
 
     def _start(self, run: TaskRun) -> None:

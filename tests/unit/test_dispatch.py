@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from actors.dispatch import NodeView, choose_node, gpu_of, load_from_meta, need_of, score
+from actors.dispatch import (
+    NodeView,
+    choose_node,
+    gpu_loads,
+    gpu_of,
+    load_from_meta,
+    need_of,
+    score,
+)
 
 
 def node(name: str, used: int, healthy: bool = True, slots: int = 2,
@@ -51,7 +59,8 @@ def test_gpu_load_and_a_shared_gpu_count_against_a_node() -> None:
     sharing_free = NodeView("c2", True, 2, 0, gpu_uuid="GPU-3")
     alone = NodeView("d", True, 2, 0, gpu_uuid="GPU-4")
     assert choose_node([sharing_busy, sharing_free, alone]) == alone
-    assert score(sharing_free, [sharing_busy, sharing_free]) > score(alone, [alone])
+    assert score(sharing_free, gpu_loads([sharing_busy, sharing_free])) > \
+        score(alone, gpu_loads([alone]))
 
 
 @pytest.mark.parametrize("meta,expected", [
