@@ -14,10 +14,12 @@ of a backlog a slow node does not start a task that the faster nodes would finis
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 SHARED_GPU_WEIGHT, GPU_UTIL_WEIGHT, VRAM_WEIGHT = 0.5, 0.3, 0.2
+TIE = 1e-9  # task-time comparisons within this are ties (sums of speeds are not exact)
 
 
 @dataclass(frozen=True)
@@ -97,34 +99,62 @@ def score(node: NodeView, loads: Mapping[str, GpuLoad]) -> float:
     return value
 
 
-def worth_starting(node: NodeView, capable: list[NodeView], waiting: int) -> bool:
+class Capable:
+    """The nodes that can run a task, arranged so `worth_starting` costs O(log nodes) a node
+    instead of a pass over all of them (which made a decision O(nodes^2))."""
+
+    def __init__(self, nodes: list[NodeView]) -> None:
+        self.count = len(nodes)
+        # When each node frees up (its tasks done), earliest first, with prefix sums of speed
+        # and tasks: what all of them can take by time T is T x W(T) - U(T).
+        by_free = sorted(nodes, key=lambda n: n.used / n.weight)
+        self._free_at = [n.used / n.weight for n in by_free]
+        self._weights, self._used = [0.0], [0.0]
+        for n in by_free:
+            self._weights.append(self._weights[-1] + n.weight)
+            self._used.append(self._used[-1] + n.used)
+        # The two earliest finishes of one more task: the best other than any given node.
+        self._finishes = sorted(((n.used + 1) / n.weight, n.name) for n in nodes)[:2]
+
+    def can_take(self, by: float) -> float:
+        """Tasks all these nodes can finish by time `by`: sum of max(0, weight x by - used)."""
+        k = bisect.bisect_left(self._free_at, by)
+        return by * self._weights[k] - self._used[k]
+
+    def best_finish_besides(self, name: str) -> float:
+        return next(finish for finish, who in self._finishes if who != name)
+
+
+def worth_starting(node: NodeView, capable: Capable, waiting: int) -> bool:
     """Should `node` start the task at the head of the line now? Yes when the others cannot
     take all `waiting` tasks within the time `node` needs for one (it is needed), or when
     no other node would finish this task sooner. So every node works under a backlog, and
     at its end a slow node leaves the last tasks to faster ones. Times are in units of one
     task on a speed-1 node (weight = relative speed)."""
-    others = [n for n in capable if n.name != node.name]
-    if not others:
+    if capable.count < 2:
         return True
     own_finish = (node.used + 1) / node.weight
-    others_can_take = sum(max(0.0, n.weight * own_finish - n.used) for n in others)
-    if waiting > others_can_take:
+    # The node itself frees up before own_finish and would count exactly 1 task by then.
+    others_can_take = capable.can_take(own_finish) - 1
+    if waiting > others_can_take + TIE:
         return True
-    return own_finish <= min((n.used + 1) / n.weight for n in others)
+    return own_finish <= capable.best_finish_besides(node.name) + TIE
 
 
 def choose_node(nodes: Iterable[NodeView], need: Need = Need(),
                 waiting: int | None = None) -> NodeView | None:
     """Lowest score among healthy nodes with a free slot that can run it; ties: most free.
-    With `waiting` (tasks in line, this one included) a node must also be worth starting."""
+    With `waiting` (tasks in line, this one included) a node must also be worth starting:
+    looked at best-scored first, so usually only the first one is asked."""
     everyone = list(nodes)
     capable = [n for n in everyone if n.healthy and can_run(n, need)]
-    candidates = [n for n in capable if n.free > 0
-                  and (waiting is None or worth_starting(n, capable, waiting))]
-    if not candidates:
-        return None
     loads = gpu_loads(everyone)
-    return min(candidates, key=lambda n: (score(n, loads), -n.free, n.name))
+    ranked = sorted((n for n in capable if n.free > 0),
+                    key=lambda n: (score(n, loads), -n.free, n.name))
+    if waiting is None:
+        return ranked[0] if ranked else None
+    fleet = Capable(capable)
+    return next((n for n in ranked if worth_starting(n, fleet, waiting)), None)
 
 
 def gpu_of(meta: Mapping[str, str]) -> dict[str, object] | None:

@@ -74,6 +74,7 @@ class WorkerContext:
     speeds: SpeedEstimator = field(default_factory=SpeedEstimator)
     owned: dict[str, TaskRun] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    releases: int = 0  # slots this worker freed so far (a bind pass re-reads when it moves)
     # Nodes draining (availability.DRAINING): prompts still waiting there go back in line.
     draining: set[str] = field(default_factory=set)
 
@@ -170,6 +171,7 @@ class TaskRun:
             self.ctx.owned.pop(self.task_id, None)
             if outcome != "handed-off":
                 await store.release(self.link.name, self.task_id)
+                self.ctx.releases += 1
                 self.ctx.wake.set()
             event(log, "task.run_ended", task_id=self.task_id, node=self.link.name,
                   attempt=self.attempt, outcome=outcome,

@@ -212,7 +212,7 @@ class Scheduler:
                     metrics.BIND_DECISIONS.labels("no_free_slot").inc()
                 return
             waiting = await store.ready_count()
-            bound = 0
+            bound, releases = 0, self.ctx.releases
             # Bind down the looked-at tasks on this one view, counting our own binds into it;
             # the bind script stays the authority (a slot another worker took meanwhile just
             # fails the bind). Reading every node's slots once per bind instead cost O(nodes)
@@ -230,6 +230,8 @@ class Scheduler:
                     waiting -= 1
                     views = [replace(v, used=v.used + 1) if v.name == chosen.name else v
                              for v in views]
+                if self.ctx.releases != releases:
+                    break  # a slot freed meanwhile (perhaps on a faster node): look again
             if not bound:
                 return
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from actors.dispatch import (
+    TIE,
+    Capable,
     NodeView,
     choose_node,
     gpu_loads,
@@ -12,6 +16,7 @@ from actors.dispatch import (
     load_from_meta,
     need_of,
     score,
+    worth_starting,
 )
 
 
@@ -103,3 +108,27 @@ def test_equal_nodes_always_take_work() -> None:
 def test_the_gpu_a_sidecar_reports_for_people(meta: dict[str, str],
                                               expected: dict[str, object] | None) -> None:
     assert gpu_of(meta) == expected
+
+
+def _worth_starting_by_definition(node: NodeView, capable: list[NodeView], waiting: int) -> bool:
+    """worth_starting's definition, one pass over the others (what Capable makes O(log n))."""
+    others = [n for n in capable if n.name != node.name]
+    if not others:
+        return True
+    own_finish = (node.used + 1) / node.weight
+    if waiting > sum(max(0.0, n.weight * own_finish - n.used) for n in others) + TIE:
+        return True
+    return own_finish <= min((n.used + 1) / n.weight for n in others) + TIE
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_worth_starting_agrees_with_its_definition_on_random_fleets(seed: int) -> None:
+    rnd = random.Random(seed)
+    fleet = [NodeView(f"n{i}", True, 2, rnd.randint(0, 2),
+                      weight=rnd.choice([0.5, 1.0, 1.5, 2.0, 4.0]))
+             for i in range(rnd.randint(1, 12))]
+    capable = Capable(fleet)
+    for node in fleet:
+        for waiting in (1, 2, 3, 5, 8, 20):
+            assert worth_starting(node, capable, waiting) == \
+                _worth_starting_by_definition(node, fleet, waiting), (node, waiting)
