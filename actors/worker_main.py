@@ -16,6 +16,7 @@ from actors.broker import build_broker
 from actors.scheduler import Scheduler
 from comfy_service import logs
 from comfy_service.logs import event
+from comfy_service.redis_client import connect
 from comfy_service.settings import Settings
 from comfy_service.storage import BlobStore, StoreMismatch, open_store
 
@@ -27,8 +28,7 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10,
-                                    socket_connect_timeout=5, health_check_interval=10)
+    redis = connect(settings.redis_url, socket_timeout=10)
     blobs = open_store(settings)
     try:
         if not await _store_checked(blobs, redis, stop):

@@ -99,6 +99,7 @@ class _Context:
         self.temp_dir = executor.folders.temp
         self.input_dir = executor.folders.input
         self.previews = executor.previews
+        self.cheap_images = executor.cheap_images
         self._gpu_ahead = 0.0  # solo seconds of GPU work done beyond the pauses so far
 
     async def pause(self, seconds: float, interruptible: bool = True,
@@ -115,7 +116,10 @@ class _Context:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            await asyncio.sleep(min(INTERRUPT_POLL_S, left))
+            if interruptible:
+                await asyncio.sleep(min(INTERRUPT_POLL_S, left))
+            else:  # nothing to poll for: only a hang may cut the sleep short
+                await self._executor.faults.sleep_unless_hung(left)
 
     async def _pause_on_gpu(self, gpu: SharedGpu, seconds: float, interruptible: bool,
                             pixels: int) -> None:
@@ -152,7 +156,7 @@ class Executor:
     def __init__(self, hub: Hub, queue: PromptQueue, faults: Faults, folders: Folders,
                  classes: Callable[[], Mapping[str, NodeClass]], step_ms: float,
                  previews: bool, cache_keeps_all: bool = False,
-                 gpu: SharedGpu | None = None) -> None:
+                 gpu: SharedGpu | None = None, cheap_images: bool = False) -> None:
         self.hub = hub
         self.queue = queue
         self.faults = faults
@@ -160,6 +164,7 @@ class Executor:
         self.classes = classes
         self.step_ms = step_ms
         self.previews = previews
+        self.cheap_images = cheap_images
         self.cache_keeps_all = cache_keeps_all
         self.gpu = gpu
         self._outputs: dict[str, tuple[Any, ...]] = {}

@@ -7,6 +7,7 @@ PreviewImage here; the animated WebP and PNG savers in comfyui_sim.media).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -86,10 +87,19 @@ def render(frame: Frame) -> Image.Image:
     return img
 
 
+@functools.cache
+def tiny_png() -> bytes:
+    """What every image output is with --cheap-images: one grey pixel, no text chunks."""
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1), (128, 128, 128)).save(out, format="PNG")
+    return out.getvalue()
+
+
 def save_frames(frames: list[Frame], base_dir: pathlib.Path, filename_prefix: str,
                 kind: str, prompt: dict[str, Any] | None, compress_level: int = 4,
-                ) -> list[dict[str, str]]:
-    """Write each frame as <prefix>_<counter>_.png; answer the `images` list of the UI output."""
+                cheap: bool = False) -> list[dict[str, str]]:
+    """Write each frame as <prefix>_<counter>_.png; answer the `images` list of the UI output.
+    `cheap`: the same names and answer, but each file is tiny_png(), nothing drawn."""
     where = save_path(filename_prefix, base_dir, frames[0].width, frames[0].height)
     info = PngImagePlugin.PngInfo()
     if prompt is not None:
@@ -97,7 +107,10 @@ def save_frames(frames: list[Frame], base_dir: pathlib.Path, filename_prefix: st
     results = []
     for number, frame in enumerate(frames):
         name = where.name("png", number, batch_number=number)
-        render(frame).save(where.folder / name, pnginfo=info, compress_level=compress_level)
+        if cheap:
+            (where.folder / name).write_bytes(tiny_png())
+        else:
+            render(frame).save(where.folder / name, pnginfo=info, compress_level=compress_level)
         results.append({"filename": name, "subfolder": where.subfolder, "type": kind})
     return results
 

@@ -30,6 +30,7 @@ class NodeContext(Protocol):
     temp_dir: pathlib.Path
     input_dir: pathlib.Path
     previews: bool
+    cheap_images: bool  # --cheap-images: image outputs cost nothing to make
 
     async def progress(self, value: int, total: int, preview: bytes | None = None) -> None: ...
 
@@ -156,7 +157,7 @@ async def not_simulated(ctx: NodeContext, i: dict[str, Any]) -> NodeOutput:
 @behaviour("SaveImage")
 async def save_image(ctx: NodeContext, i: dict[str, Any]) -> NodeOutput:
     saved = images.save_frames(i["images"], ctx.output_dir, i["filename_prefix"], "output",
-                               ctx.prompt)
+                               ctx.prompt, cheap=ctx.cheap_images)
     # 0.33.0 declares the saved images as an output; 0.3.64 declares none, so nothing links it.
     return NodeOutput((i["images"],), {"images": saved})
 
@@ -166,7 +167,7 @@ async def preview_image(ctx: NodeContext, i: dict[str, Any]) -> NodeOutput:
     prefix = "ComfyUI_temp_" + "".join(secrets.choice("abcdefghijklmnopqrstupvxyz")
                                        for _ in range(5))
     saved = images.save_frames(i["images"], ctx.temp_dir, prefix, "temp", ctx.prompt,
-                               compress_level=1)
+                               compress_level=1, cheap=ctx.cheap_images)
     return NodeOutput((), {"images": saved})
 
 

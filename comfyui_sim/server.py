@@ -96,7 +96,8 @@ class SimNode:
             self.hub, self.queue, self.faults,
             Folders(settings.output_dir, settings.temp_dir, settings.input_dir),
             self.node_classes, settings.step_ms, settings.preview_method != "none",
-            cache_keeps_all=self.profile.cache_keeps_all, gpu=self.gpu)
+            cache_keeps_all=self.profile.cache_keeps_all, gpu=self.gpu,
+            cheap_images=settings.cheap_images)
 
     def inventory(self) -> catalog.ModelInventory:
         return catalog.inventory_from_dirs(self.settings.models_dir, self.settings.input_dir,

@@ -410,7 +410,7 @@ def _adoption_time(log: pathlib.Path, task_id: str) -> float | None:
     return None
 
 
-MODULE_BENCHES = ("metrics", "store", "sse", "webhooks", "packing", "autoscale")
+MODULE_BENCHES = ("metrics", "store", "sse", "webhooks", "packing", "autoscale", "dispatch", "scale")
 
 
 def main(argv: list[str]) -> int:

@@ -95,6 +95,12 @@ class ManagedProcess:
         self._log.close()
 
 
+def sim_argv(base_dir: pathlib.Path, step_ms: float, *extra_args: str) -> list[str]:
+    base_dir.mkdir(parents=True, exist_ok=True)
+    return [sys.executable, "-m", "comfyui_sim", "--base-dir", str(base_dir),
+            "--step-ms", str(step_ms), *extra_args]
+
+
 class SimNodeProcess(ManagedProcess):
     """`python -m comfyui_sim` on a free port, with its own base directory."""
 
@@ -102,9 +108,7 @@ class SimNodeProcess(ManagedProcess):
                  step_ms: float = 50) -> None:
         self.port = port or free_port()
         self.base_dir = base_dir
-        base_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "comfyui_sim", "--port", str(self.port),
-                "--base-dir", str(base_dir), "--step-ms", str(step_ms), *extra_args]
+        argv = sim_argv(base_dir, step_ms, "--port", str(self.port), *extra_args)
         super().__init__(f"sim:{self.port}", argv, base_dir / "sim.log")
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
@@ -116,6 +120,35 @@ class SimNodeProcess(ManagedProcess):
 
     def _answers(self) -> bool:
         return serving(self, f"{self.url}/queue", "comfyui_sim")
+
+
+class FarmProcess(ManagedProcess):
+    """`python -m comfyui_sim --nodes N`: N simulated nodes in one process on free ports (read
+    from its --ports-file), node i's files under base_dir/i; cheap images unless told."""
+
+    def __init__(self, base_dir: pathlib.Path, nodes: int, *extra_args: str,
+                 step_ms: float = 50, cheap_images: bool = True,
+                 start_timeout: float = 120) -> None:
+        self.base_dir = base_dir
+        ports_file = base_dir / "ports"
+        ports_file.unlink(missing_ok=True)
+        argv = sim_argv(base_dir, step_ms, "--nodes", str(nodes), "--ports-file",
+                        str(ports_file), *(["--cheap-images"] if cheap_images else []),
+                        *extra_args)
+        super().__init__(f"farm:{nodes}", argv, base_dir / "farm.log")
+        try:
+            wait_until(lambda: self._listed(ports_file), start_timeout,
+                       f"a farm of {nodes} simulated nodes")
+        except BaseException:
+            self.stop()
+            raise
+        self.ports = [int(line) for line in ports_file.read_text().split()]
+        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+
+    def _listed(self, ports_file: pathlib.Path) -> bool:
+        if not self.alive():
+            raise RuntimeError(f"the farm exited:\n{self.log_tail()}")
+        return ports_file.exists()
 
 
 def redis_server_binary() -> str:
