@@ -21,7 +21,7 @@ from typing import Any
 
 import obstore
 import redis.asyncio as aioredis
-from obstore.exceptions import BaseError, NotFoundError
+from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError
 from obstore.store import LocalStore, S3Store
 from redis.exceptions import RedisError
 
@@ -140,8 +140,20 @@ class BlobStore:
             return
         marker = await self.read(MARKER_KEY, 1024)
         if marker is None:
-            marker = secrets.token_hex(16).encode()
-            await self.put_bytes(MARKER_KEY, marker, "text/plain")
+            # Create-if-absent: a gateway and a worker starting at once on one directory must
+            # end up with one id (a plain write let the second overwrite the first's after the
+            # first had put its own in Redis, and the second then never matched).
+            try:
+                await obstore.put_async(self._store, MARKER_KEY, secrets.token_hex(16).encode(),
+                                        mode="create")
+            except AlreadyExistsError:
+                pass  # another process on this directory was first: use its id
+            except BaseError as exc:
+                raise StoreFailure(f"writing {MARKER_KEY} to {self.where}: "
+                                   f"{_first_line(exc)}") from exc
+            marker = await self.read(MARKER_KEY, 1024)
+            if marker is None:
+                raise StoreFailure(f"{MARKER_KEY} vanished from {self.where} as it was made")
         await redis.set(c.STORE_ID_KEY, marker, nx=True)
         expected = await redis.get(c.STORE_ID_KEY)
         if expected != marker:

@@ -82,3 +82,25 @@ def test_a_local_store_in_another_directory_is_refused(tmp_path: pathlib.Path,
     asyncio.run(check(str(tmp_path / "shared")))  # the same directory again: fine
     with pytest.raises(StoreMismatch, match="OUTPUT_STORE=s3"):
         asyncio.run(check(str(tmp_path / "elsewhere")))
+
+
+def test_processes_starting_at_once_on_one_new_directory_agree_on_its_id(
+        tmp_path: pathlib.Path, redis_server: RedisProcess) -> None:
+    async def start(directory: str, processes: int, fresh_redis: bool) -> None:
+        redis = aioredis.Redis.from_url(redis_server.url)
+        if fresh_redis:
+            await redis.delete(c.STORE_ID_KEY)  # a Redis no process has used yet
+        stores = [open_store(Settings.from_env({"OUTPUT_DIR": directory}))
+                  for _ in range(processes)]
+        try:
+            await asyncio.gather(*(store.check_shared(redis) for store in stores))
+        finally:
+            for store in stores:
+                await store.aclose()
+            await redis.aclose()
+    # Given a new directory and a fresh Redis, When a gateway and workers start at the same
+    # moment (as `nomad job run` starts them), Then none is refused, nor is one restarting
+    for attempt in range(10):
+        directory = str(tmp_path / f"new{attempt}")
+        asyncio.run(start(directory, 4, fresh_redis=True))
+        asyncio.run(start(directory, 1, fresh_redis=False))
