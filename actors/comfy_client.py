@@ -18,6 +18,7 @@ from comfy_service.errors import (
     OutputTooLarge,
 )
 from comfy_service.storage import BlobStore, StoreFailure
+from comfy_service.tls import shared_context
 
 CHUNK_BYTES = 1024 * 1024
 
@@ -39,7 +40,7 @@ class ComfyClient:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s,
-                                       transport=transport)
+                                       transport=transport, verify=shared_context())
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -36,6 +36,8 @@ from comfy_service.storage import BlobStore
 log = logging.getLogger("actors.execution")
 
 SILENCE_CHECK_S = 2.0      # no message for this long: look the prompt up in history
+CANCEL_CHECK_S = 2.0       # the record's cancel flag is read at most this often (a fallback:
+                           # a cancel arrives on the cs:cancel channel and nudges the task)
 ADOPTED_POLL_S = 0.25      # an adopted prompt reports to the dead worker's socket: poll
 PROGRESS_WRITE_S = 0.2     # at most this often a progress update is written to Redis
 # What shows a node making progress on a task (NodeStuck: slots used and none of these).
@@ -91,6 +93,7 @@ class TaskRun:
         self._deadline: float | None = None
         self._interrupt_sent = False
         self._last_progress_write = 0.0
+        self._cancel_checked = 0.0
         self._executing_since: float | None = None  # for the node's speed (actors/speeds.py)
         self._steps = 0.0
         self._messages: asyncio.Queue[dict[str, Any]] | None = None
@@ -195,7 +198,9 @@ class TaskRun:
                     and not self._interrupt_sent:
                 await self._send_interrupt()
             try:
-                message = await asyncio.wait_for(messages.get(), wait_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the get in a new Task
+                async with asyncio.timeout(wait_s):
+                    message = await messages.get()
             except TimeoutError:
                 if poll or time.monotonic() - quiet_since > SILENCE_CHECK_S:
                     quiet_since = time.monotonic()
@@ -208,6 +213,10 @@ class TaskRun:
                             record = await self._started()
                             self._deadline = time.monotonic() + timeout_s
                         elif self.task_id not in running + pending:
+                            # Finished between the two questions, or really gone?
+                            entry = await self.link.http.history(self.task_id)
+                            if entry is not None:
+                                return await self._from_history(entry)
                             raise NodeLost("the prompt vanished from its node") from None
                 await self._check_cancel_flag()
                 continue
@@ -241,10 +250,18 @@ class TaskRun:
         running, pending = await self.link.http.queue()
         if self.task_id in running or self.task_id in pending:
             return await self._follow(record, messages, poll=True)
+        # It may have finished between the two questions: ask history once more before
+        # taking it for unknown (submitting again would run it twice).
+        entry = await self.link.http.history(self.task_id)
+        if entry is not None:
+            return await self._from_history(entry)
         event(log, "task.resubmitted", task_id=self.task_id, node=self.link.name)
         if record.status == tasks.RUNNING:
-            record = await self._update(tasks.requeued)
-            record = await self._update(lambda r: tasks.bound(r, self.link.name))
+            # One change, so the attempt guard sees the record as this run knows it (two
+            # updates left it with no node in between, which the guard took for stale: the
+            # task stayed queued with nothing to run it).
+            record = await self._update(
+                lambda r: tasks.bound(tasks.requeued(r), self.link.name))
             self.attempt = record.attempts
         await self._submit(record)
         return await self._follow(record, messages, poll=False)
@@ -374,6 +391,13 @@ class TaskRun:
 
     # --- cancel and timeout ------------------------------------------------------------------
     async def _check_cancel_flag(self) -> None:
+        """The fallback for a cancel whose cs:cancel message this worker missed: a GET and a
+        decode of the whole record (graph included), so not on every 0.5 s wait (that was
+        about 5 of a task's 13 GETs)."""
+        now = time.monotonic()
+        if now - self._cancel_checked < CANCEL_CHECK_S:
+            return
+        self._cancel_checked = now
         record = await self.ctx.store.get(self.task_id)
         if record is not None and record.cancel_requested and not self._interrupt_sent:
             self._cancel.set()

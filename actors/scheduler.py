@@ -4,6 +4,11 @@ Three phases (start links and loops; run until stopped; hand off and close). Bin
 the moment a slot frees (the finishing task wakes the loop) or new work arrives (a Redis
 pub/sub wake-up from whichever worker admitted it), so a node's second slot is refilled while
 its first prompt still runs and the GPU never waits for a round trip.
+
+Each worker follows its own share of the nodes (actors/partition.py over the live workers of
+actors/membership.py): it links to, binds to and reports on those only. It also keeps a link to
+any other node where it still runs a task (one it bound before the share moved, or adopted from
+a dead worker) until that task ends.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from actors import tasks
 from actors.discovery import DiscoveredNode, static_nodes, watch_consul
 from actors.dispatch import Need, NodeView, choose_node, gpu_of, load_from_meta, need_of
 from actors.execution import TaskRun, WorkerContext
+from actors.membership import Membership
 from actors.node_inputs import NodeInputs
 from actors.node_link import NodeLink
+from actors.partition import owned_by
 from actors.retention import BATCH as RETENTION_BATCH
 from actors.retention import Retention
 from actors.store import TaskStore
@@ -42,6 +49,7 @@ POLL_S = 0.5               # fallback when no wake-up arrives
 LOOKAHEAD = 16             # ready tasks considered per binding (a task no free node can run
                            # does not hold up the ones behind it)
 SNAPSHOT_S = 1.0
+MEMBER_BEAT_S = 1.0        # how often a worker renews its membership and looks at the others
 
 
 RETENTION_BATCHES_PER_ROUND = 10
@@ -69,9 +77,19 @@ class Scheduler:
         self._caps: dict[str, tuple[Any, frozenset[str] | None, frozenset[str] | None]] = {}
         self._learned: dict[str, float | None] = {}  # speeds from actors/speeds.py, per second
         self._link_count = 0
+        self._nodes: dict[str, DiscoveredNode] = {}  # every node discovery reports
+        self._workers: tuple[str, ...] = ()          # the live workers, this one included
+        self._mine: tuple[str, ...] = ()             # the nodes this worker follows, sorted
+        self._share_of: tuple[tuple[str, ...], frozenset[str]] | None = None
+        self.membership = Membership(redis, settings.worker_id,
+                                     max(settings.lease_ttl_s, 3 * MEMBER_BEAT_S))
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
+        try:  # know the other workers before taking a share of the nodes
+            self._workers = await self.membership.beat()
+        except RedisError:
+            event(log, "worker.membership_failed", logging.WARNING, exc_info=True)
         if settings.discovery == "consul":
             discovery = watch_consul(settings.consul_addr, settings.consul_service,
                                      settings.consul_token, self.apply_nodes)
@@ -83,10 +101,11 @@ class Scheduler:
             ("adopt", self._adopt_forever()), ("pubsub", self._listen_forever()),
             ("sweep", self._sweep_forever()), ("discovery", discovery),
             ("retention", self._retention_forever()),
-            ("snapshots", self._snapshot_forever()),
+            ("snapshots", self._snapshot_forever()), ("members", self._members_forever()),
             ("webhooks", WebhookDelivery(settings, self.redis, self.ctx.store).run_forever()))]
         event(log, "worker.started", worker=self.settings.worker_id, discovery=settings.discovery,
-              nodes=list(self.ctx.links), slots=self.settings.node_slots)
+              nodes=len(self._nodes), following=len(self._mine), workers=len(self._workers),
+              slots=self.settings.node_slots)
         await stop.wait()
         await self.shutdown()
 
@@ -104,6 +123,8 @@ class Scheduler:
         await asyncio.gather(*runs, return_exceptions=True)
         if owned:  # let another worker adopt them at once rather than after the lease
             await self.redis.zadd(c.LEASES_KEY, {task_id: 0 for task_id in owned}, xx=True)
+        with contextlib.suppress(RedisError):  # the others take our nodes at their next beat
+            await self.membership.leave()
         for link in self.ctx.links.values():
             await link.stop()
         event(log, "worker.stopped", worker=self.settings.worker_id, handed_off=len(owned))
@@ -126,34 +147,75 @@ class Scheduler:
         for run in list(self.ctx.owned.values()):
             if run.link.name in self.ctx.draining:
                 run.nudge()  # prompts still waiting there go back in line now
-        for name in [n for n in self.ctx.links if n not in current]:
-            link = self.ctx.links.pop(name)
-            self._meta.pop(name, None)
-            self._gpus.pop(name, None)
-            self._caps.pop(name, None)
-            for gauge in (metrics.NODE_UP, metrics.NODE_HEALTHY, metrics.SLOTS_USED,
-                          metrics.SLOTS_FREE, metrics.NODE_PROGRESS, metrics.NODE_SPEED):
-                with contextlib.suppress(KeyError):
-                    gauge.remove(name)
-            self._info_published.discard(name)
-            self.ctx.speeds.forget(name)
-            await self.ctx.store.forget_node(name)
-            # Its tasks are told at once that the node is lost: they go back in line with one
-            # attempt spent and run elsewhere, and their slots here are released.
-            await link.stop()
-            event(log, "node.removed", logging.WARNING, node=name,
-                  tasks=sum(1 for run in self.ctx.owned.values() if run.link is link))
+        removed = [name for name in self._nodes if name not in current]
         for name, node in current.items():
             self._meta[name] = load_from_meta(node.meta)
             self._gpus[name] = gpu_of(node.meta)
-            if name not in self.ctx.links:
-                self._link_count += 1
-                link = NodeLink(name, node.url,
-                                f"cs-{self.settings.worker_id}-{self._link_count}")
-                self.ctx.links[name] = link
-                link.start()
+            if name not in self._nodes:
                 event(log, "node.added", node=name, url=node.url)
+        self._nodes = current
+        unlinked = self._relink()
+        for name in removed:
+            self._meta.pop(name, None)
+            self._gpus.pop(name, None)
+            self._caps.pop(name, None)
+            self.ctx.speeds.forget(name)
+            await self.ctx.store.forget_node(name)
+            event(log, "node.removed", logging.WARNING, node=name,
+                  tasks=sum(1 for run in self.ctx.owned.values() if run.link.name == name))
+        # A removed node's tasks are told at once that the node is lost (stopping its link):
+        # they go back in line with one attempt spent and run elsewhere, their slots released.
+        await self._unlink(unlinked)
         self.ctx.wake.set()
+
+    def _relink(self) -> list[NodeLink]:
+        """Follow this worker's share of the nodes: link to its nodes, let go of the others
+        except where a task of ours still runs. Answers the links let go of, to be stopped;
+        nothing here awaits, so the links always cover the share."""
+        share_of = (self._workers, frozenset(self._nodes))
+        if share_of == self._share_of:  # hashing every node each beat would cost O(nodes)
+            mine = frozenset(self._mine)
+        else:
+            self._share_of = share_of
+            mine = owned_by(self.settings.worker_id, self._nodes, self._workers)
+        if set(self._mine) != mine:
+            event(log, "worker.share", worker=self.settings.worker_id, following=len(mine),
+                  nodes=len(self._nodes), workers=len(self._workers))
+        for name in sorted(mine - set(self.ctx.links)):
+            self._link(name)
+        self._mine = tuple(sorted(mine))
+        busy = {run.link.name for run in self.ctx.owned.values()}
+        drop = [name for name in self.ctx.links
+                if name not in self._nodes or (name not in mine and name not in busy)]
+        return [self.ctx.links.pop(name) for name in drop]
+
+    def _link(self, name: str) -> NodeLink:
+        self._link_count += 1
+        link = NodeLink(name, self._nodes[name].url,
+                        f"cs-{self.settings.worker_id}-{self._link_count}")
+        self.ctx.links[name] = link
+        link.start()
+        return link
+
+    async def _unlink(self, links: list[NodeLink]) -> None:
+        for link in links:
+            for gauge in (metrics.NODE_UP, metrics.NODE_HEALTHY, metrics.SLOTS_USED,
+                          metrics.SLOTS_FREE, metrics.NODE_PROGRESS, metrics.NODE_SPEED):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(link.name)
+            self._info_published.discard(link.name)
+            await link.stop()
+
+    async def _members_forever(self) -> None:
+        """Renew this worker's membership; when workers come or go, or a task on another
+        worker's node has ended, follow the new share."""
+        while True:
+            await asyncio.sleep(MEMBER_BEAT_S)
+            try:
+                self._workers = await self.membership.beat()
+                await self._unlink(self._relink())
+            except Exception:
+                event(log, "worker.membership_failed", logging.WARNING, exc_info=True)
 
     def _capabilities(self, name: str, info: dict[str, Any] | None
                       ) -> tuple[frozenset[str] | None, frozenset[str] | None]:
@@ -172,7 +234,10 @@ class Scheduler:
 
     def _views(self, used: dict[str, int]) -> list[NodeView]:
         views = []
-        for name, link in self.ctx.links.items():
+        for name in used:
+            link = self.ctx.links.get(name)
+            if link is None:  # let go of meanwhile (the share moved)
+                continue
             classes, checkpoints = self._capabilities(name, link.object_info)
             # A cordoned or draining node finishes what it holds but is offered nothing new.
             healthy = link.healthy and name not in self._unavailable
@@ -205,7 +270,7 @@ class Scheduler:
     async def fill_slots(self) -> None:
         store, slots = self.ctx.store, self.settings.node_slots
         while True:
-            used = await store.slots_used(list(self.ctx.links))
+            used = await store.slots_used(list(self._mine))
             views = self._views(used)
             if not any(v.healthy and v.free > 0 for v in views):
                 if await store.ready_count():
@@ -225,7 +290,16 @@ class Scheduler:
                         self.settings.lease_ttl_s):
                     self._needs.pop(task_id, None)
                     metrics.BIND_DECISIONS.labels("bound").inc()
-                    self._start(TaskRun(self.ctx, task_id, self.ctx.links[chosen.name]))
+                    link = self.ctx.links.get(chosen.name)
+                    if link is None and chosen.name in self._nodes:
+                        link = self._link(chosen.name)  # the share moved during the bind
+                    if link is None:  # the node was removed during the bind
+                        await store.release(chosen.name, task_id)
+                        record = await store.get(task_id)
+                        if record is not None and not record.final:
+                            await store.enqueue_ready(record)
+                        continue
+                    self._start(TaskRun(self.ctx, task_id, link))
                     bound += 1
                     waiting -= 1
                     views = [replace(v, used=v.used + 1) if v.name == chosen.name else v
@@ -278,7 +352,6 @@ class Scheduler:
             if node is None:
                 continue
             record = await store.get(task_id)
-            link = self.ctx.links.get(node)
             if record is not None and not record.final and record.node is None:
                 # Its worker died between taking the slot and recording it: nothing reached
                 # the node, so the task simply goes back in line.
@@ -287,6 +360,11 @@ class Scheduler:
                 self.ctx.wake.set()
                 event(log, "task.requeued_unstarted", task_id=task_id, node=node)
                 continue
+            # Its node may be another worker's share: link to it until the task ends (taken
+            # together with starting the run, nothing awaited between, so it is not let go of).
+            link = self.ctx.links.get(node)
+            if link is None and node in self._nodes and record is not None and not record.final:
+                link = self._link(node)
             if record is None or record.final or link is None:
                 await store.release(node, task_id)
                 if record is not None and not record.final:
@@ -380,10 +458,11 @@ class Scheduler:
         while True:
             try:
                 store = self.ctx.store
-                used = await store.slots_used(list(self.ctx.links))
-                self._learned = self.ctx.speeds.speeds(self.ctx.links)
+                links = dict(self.ctx.links)  # links come and go while this awaits
+                used = await store.slots_used(list(links))
+                self._learned = self.ctx.speeds.speeds(links)
                 snapshots: dict[str, dict[str, Any]] = {}
-                for name, link in self.ctx.links.items():
+                for name, link in links.items():
                     speed, speed_source = self._speed(name)
                     metrics.NODE_SPEED.labels(name).set(speed)
                     snapshots[name] = {"name": name, "url": link.base_url, "healthy": link.healthy,
@@ -399,8 +478,9 @@ class Scheduler:
                         await store.publish_object_info(name, link.object_info)
                         self._info_published.add(name)
                 await store.publish_nodes(snapshots)
-                metrics.NODES_HEALTHY.set(sum(1 for name, link in self.ctx.links.items()
-                                              if link.healthy and name not in self._unavailable))
+                metrics.NODES_HEALTHY.set(sum(1 for name in self._mine
+                                              if name in links and links[name].healthy
+                                              and name not in self._unavailable))
                 metrics.TASKS_WAITING.set(await store.ready_count())
                 oldest = await store.oldest_waiting_ms()
                 metrics.OLDEST_WAITING_AGE.set(

@@ -48,6 +48,14 @@ if node then redis.call('HSET', ARGV[5] .. node, ARGV[1], ARGV[4]) end
 return node or ''
 """
 
+# Slots used on each node (KEYS: their slot hashes), in one call: a pipeline of one HLEN per
+# node cost the worker redis-py's packing and parsing of N commands on every bind pass.
+_SLOTS_USED = """
+local used = {}
+for i, key in ipairs(KEYS) do used[i] = redis.call('HLEN', key) end
+return used
+"""
+
 # Admission: into the ready queue unless it is there already or holds a slot (a redelivered
 # message, or the sweeper re-sending one, must never queue a task twice).
 ADMIT_LUA = """
@@ -136,6 +144,7 @@ class TaskStore:
         self.redis = redis
         self.ttl_s = ttl_s
         self._bind = redis.register_script(_BIND)
+        self._slots_used = redis.register_script(_SLOTS_USED)
         self._adopt = redis.register_script(_ADOPT)
         self._admit = redis.register_script(ADMIT_LUA)
         self._create = redis.register_script(_CREATE)
@@ -303,10 +312,9 @@ class TaskStore:
         return bool(bound)
 
     async def slots_used(self, nodes: list[str]) -> dict[str, int]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for node in nodes:
-                pipe.hlen(c.SLOTS_KEY.format(node=node))
-            counts = await pipe.execute()
+        if not nodes:
+            return {}
+        counts = await self._slots_used(keys=[c.SLOTS_KEY.format(node=node) for node in nodes])
         return dict(zip(nodes, (int(n) for n in counts), strict=True))
 
     async def release(self, node: str, task_id: str) -> None:

@@ -21,6 +21,7 @@ RETENTION_KEY = KEY_PREFIX + "retention"             # ZSET "task:<id>"/"upload:
 WEBHOOKS_KEY = KEY_PREFIX + "webhooks"               # ZSET task id -> next webhook look (ms)
 WEBHOOK_CURSORS_KEY = KEY_PREFIX + "webhook_cursors"  # HASH task id -> JSON delivery cursor
 STORE_ID_KEY = KEY_PREFIX + "store_id"               # the local store's directory id (see storage)
+WORKERS_KEY = KEY_PREFIX + "workers"                 # ZSET live worker id -> expiry (ms)
 CANCEL_CHANNEL = KEY_PREFIX + "cancel"               # pub/sub: task ids to cancel
 WAKE_CHANNEL = KEY_PREFIX + "wake"                   # pub/sub: new ready work
 

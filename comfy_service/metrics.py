@@ -66,7 +66,8 @@ BIND_DECISIONS = Counter(f"{P}bind_decisions_total",
 NODE_UP = Gauge(f"{P}node_up", "1 while this worker's socket to the node is up", ["node"])
 NODE_HEALTHY = Gauge(f"{P}node_healthy", "1 while the node is in this worker's healthy set",
                      ["node"])
-NODES_HEALTHY = Gauge(f"{P}nodes_healthy", "Healthy nodes, as this worker sees them")
+NODES_HEALTHY = Gauge(f"{P}nodes_healthy",
+                      "Healthy nodes in the share this worker follows (sum over workers)")
 SLOTS_USED = Gauge(f"{P}node_slots_used", "Tasks bound to the node", ["node"])
 SLOTS_FREE = Gauge(f"{P}node_slots_free", "Free slots of the node (0 when unhealthy)", ["node"])
 NODE_PROGRESS = Counter(f"{P}node_progress_total",

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -55,6 +54,7 @@ from comfy_service.inputs import find_refs
 from comfy_service.logs import event, request_id_var
 from comfy_service.media import output_type
 from comfy_service.outputs import output_key
+from comfy_service.redis_client import connect
 from comfy_service.settings import Settings
 from comfy_service.storage import StoreFailure, StoreMismatch, open_store
 from comfy_service.templates import FieldError, Template, load_templates
@@ -82,8 +82,7 @@ class Gateway:
     def __init__(self, settings: Settings, templates: dict[str, Template]) -> None:
         self.settings = settings
         self.templates = templates
-        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                             socket_connect_timeout=2)
+        self.redis = connect(settings.redis_url, socket_timeout=5)
         self.store = TaskStore(self.redis, settings.task_ttl_s)
         self.broker = build_broker(settings.redis_url)
         self.rate_limiter = RateLimiter(self.redis)

@@ -21,13 +21,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 import anyio
-import redis.asyncio as aioredis
 
 from actors import task_events
 from actors.store import TaskStore
 from actors.tasks import TaskRecord
 from comfy_service import constants as c
 from comfy_service.errors import TooManyStreams
+from comfy_service.redis_client import connect
 from comfy_service.settings import Settings
 
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -55,10 +55,8 @@ class EventStreams:
         # Its own connections: each open stream holds one in a blocking read for up to the
         # keep-alive interval, longer than the API's Redis timeout allows.
         # One per open stream, a few for opening and closing them.
-        self.redis = aioredis.Redis.from_url(settings.redis_url,
-                                             socket_timeout=settings.sse_keepalive_s + 5,
-                                             socket_connect_timeout=2,
-                                             max_connections=settings.sse_max_streams + 16)
+        self.redis = connect(settings.redis_url, socket_timeout=settings.sse_keepalive_s + 5,
+                             max_connections=settings.sse_max_streams + 16)
         self.store = TaskStore(self.redis, settings.task_ttl_s)
         self.open_here = 0  # streams this process serves now
 

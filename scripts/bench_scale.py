@@ -2,9 +2,11 @@
 
 For N = 16, 64, 256 and 1,000 simulated nodes in one `comfyui_sim --nodes N --cheap-images`
 process, the service (gateway, Redis, static node list, 1 worker; `scripts/bench_scale.py
-16,64 1,2` picks fleets and worker counts) gets a backlog of txt2img tasks of 2 steps x
-1,000 ms: 1,000 nodes ask for 500 binds/s, more than a worker does here, while a task costs
-the farm a few ms (one timer per step, a 1-pixel PNG). The backlog is admitted before a
+16,64 1,2 20` picks fleets, worker counts and the task length in seconds) gets a backlog of
+txt2img tasks of 2 steps, 2 s in all by default: 1,000 nodes ask for 500 binds/s, more than a
+worker does here, while a task costs the farm a few ms (one timer per step, a 1-pixel PNG).
+The workers share the nodes (each follows its own part). The backlog is admitted, every slot
+filled once, and a warm-up passed (a task's length, at least 10 s) before a
 warm-up, then a fixed window measures:
 
   efficiency     prompts finished on the nodes in the window / (N x window / 2 s)
@@ -41,17 +43,17 @@ from tests.support.service import Stack, txt2img_body  # noqa: E402
 
 FLEETS = (16, 64, 256, 1000)
 WORKERS = (1,)
-STEPS, STEP_MS = 2, 1000
-TASK_S = STEPS * STEP_MS / 1000
-WARMUP_S, WINDOW_S = 10.0, 30.0
+STEPS = 2
+TASK_S = 2.0               # a task holds its node this long (STEPS steps); the third argument
+WARMUP_S, WINDOW_S = 10.0, 30.0  # at least; longer tasks get a task's length and 3 tasks
 BATCH = 100
 MAX_BACKLOG = 8000
 BOUND = re.compile(rb'^comfy\w*bind_decisions_total\{outcome="bound"\} ([0-9.e+]+)$', re.M)
 
-HEADER = ("| nodes (one farm) | workers | efficiency | binds/s | worker CPU per task | "
+HEADER = ("| nodes (one farm) | task | workers | efficiency | binds/s | worker CPU per task | "
           "Redis cmds / task | sockets / worker | worker RSS | cores busy: worker(s), farm, gateway, Redis; "
           "machine | "
-          "what limited it |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "what limited it |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -130,8 +132,10 @@ def _limit(shares: dict[str, float], machine: float, workers: int, efficiency: f
     return f"not CPU ({machine:.2f} of {cores} cores busy): waiting somewhere"
 
 
-def point(root: pathlib.Path, nodes: int, workers: int) -> str:
-    farm = FarmProcess(root / f"farm{nodes}", nodes, step_ms=STEP_MS, start_timeout=300)
+def point(root: pathlib.Path, nodes: int, workers: int, task_s: float = TASK_S) -> str:
+    warmup_s, window_s = max(WARMUP_S, task_s), max(WINDOW_S, 3 * task_s)
+    farm = FarmProcess(root / f"farm{nodes}", nodes, step_ms=task_s * 1000 / STEPS,
+                       start_timeout=300)
     stack: Stack | None = None
     try:
         stack = Stack(root / f"stack{nodes}-{workers}", nodes=0, workers=0, env={
@@ -140,10 +144,10 @@ def point(root: pathlib.Path, nodes: int, workers: int) -> str:
         for port in metric_ports:
             stack.start_worker({"WORKER_METRICS_PORT": str(port)})
         stack.wait_nodes_healthy(nodes, timeout=300)
-        nominal = nodes / TASK_S  # tasks per second the fleet can run
+        nominal = nodes / task_s  # tasks per second the fleet can run
         # A backlog for the whole run at the nominal rate, capped: submitting is gateway CPU
         # taken from the same 2 cores, and one worker binds far fewer than 500/s here.
-        _submit(stack, min(int(nominal * (WARMUP_S + WINDOW_S) * 1.2), MAX_BACKLOG)
+        _submit(stack, min(int(nominal * (warmup_s + window_s) * 1.2), MAX_BACKLOG)
                 + 2 * nodes + BATCH, 0)
         # Admission (the workers' Dramatiq actor moving accepted tasks to the ready queue) is
         # worker CPU too: let it finish, so the window measures binding and running only.
@@ -153,7 +157,10 @@ def point(root: pathlib.Path, nodes: int, workers: int) -> str:
                        interval=0.5)
         finally:
             admitted.close()
-        time.sleep(WARMUP_S)  # a bench, not a test: a fixed warm-up before the window
+        # Every slot filled once (the first wave is a burst of 2N binds), then a warm-up.
+        wait_until(lambda: sum(bound(port) for port in metric_ports) >= 2 * nodes, 600,
+                   "the first wave of binds", interval=0.5)
+        time.sleep(warmup_s)  # a bench, not a test: a fixed warm-up before the window
         procs: dict[str, list[ManagedProcess]] = {
             "worker": stack.workers, "farm": [farm],
             "gateway": [stack.gateway] if stack.gateway else [], "Redis": [stack.redis]}
@@ -164,7 +171,7 @@ def point(root: pathlib.Path, nodes: int, workers: int) -> str:
             return (time.time(), cpu, redis_calls(stack.redis.port),
                     sum(bound(port) for port in metric_ports))
         t0, cpu0, calls0, bound0 = snapshot()
-        time.sleep(WINDOW_S)
+        time.sleep(window_s)
         t1, cpu1, calls1, bound1 = snapshot()
         sockets = max(sockets_of(w.proc.pid) for w in stack.workers)
         rss = max(rss_mib(w.proc.pid) for w in stack.workers)
@@ -176,23 +183,23 @@ def point(root: pathlib.Path, nodes: int, workers: int) -> str:
     window = t1 - t0
     shares = {k: (cpu1[k] - cpu0[k]) / window for k in cpu0}
     machine = shares.pop("machine")
-    efficiency = done / (nodes * window / TASK_S)
+    efficiency = done / (nodes * window / task_s)
     per_task = (shares["worker"] * window / done) if done else float("nan")
     redis_per_task = (calls1 - calls0) / done if done else float("nan")
     share_text = ", ".join(f"{shares[k]:.2f}" for k in ("worker", "farm", "gateway", "Redis"))
     share_text += f"; machine {machine:.2f}"
-    return (f"| {nodes} | {workers} | {efficiency:.3f} ({done} in {window:.0f} s) | "
+    return (f"| {nodes} | {task_s:g} s | {workers} | {efficiency:.3f} ({done} in {window:.0f} s) | "
             f"{(bound1 - bound0) / window:.1f} | {per_task * 1000:.1f} ms | "
             f"{redis_per_task:.1f} | {sockets} | {rss:.0f} MiB | {share_text} | "
             f"{_limit(shares, machine, workers, efficiency)} |")
 
 
 def bench_scale(root: pathlib.Path, fleets: tuple[int, ...] = FLEETS,
-                workers: tuple[int, ...] = WORKERS) -> list[str]:
+                workers: tuple[int, ...] = WORKERS, task_s: float = TASK_S) -> list[str]:
     rows = []
     for count in workers:
         for nodes in fleets:
-            rows.append(point(root, nodes, count))
+            rows.append(point(root, nodes, count, task_s))
             print(rows[-1], file=sys.stderr, flush=True)  # progress: a point takes a minute
     return rows
 
@@ -201,6 +208,7 @@ if __name__ == "__main__":
     import tempfile
     fleets = tuple(int(n) for n in sys.argv[1].split(",")) if len(sys.argv) > 1 else FLEETS
     counts = tuple(int(n) for n in sys.argv[2].split(",")) if len(sys.argv) > 2 else WORKERS
+    task_s = float(sys.argv[3]) if len(sys.argv) > 3 else TASK_S
     with tempfile.TemporaryDirectory(prefix="cs-bench-scale-") as tmp:
         print(HEADER)
-        print("\n".join(bench_scale(pathlib.Path(tmp), fleets, counts)), flush=True)
+        print("\n".join(bench_scale(pathlib.Path(tmp), fleets, counts, task_s)), flush=True)

@@ -90,6 +90,29 @@ def test_a_task_survives_a_sigkilled_worker_and_runs_once(stack_factory: Any) ->
     assert stack.http.get(f"/api/v1/tasks/{task_id}/outputs/0").status_code == 200
 
 
+def test_a_running_task_its_node_forgot_is_submitted_again_after_its_worker_dies(
+        stack_factory: Any) -> None:
+    # Given a task running on the only node, followed by a worker that is then killed hard
+    stack = stack_factory(nodes=1, step_ms=30)
+    task_id = stack.submit(slow_body(100))
+    stack.wait_task(task_id, ("running",))
+    stack.workers[0].proc.send_signal(signal.SIGKILL)
+    # And the node forgets the prompt meanwhile (interrupted, then its history cleared: as a
+    # ComfyUI restarted under it would)
+    node = stack.sims[0].url
+    httpx.post(f"{node}/interrupt", timeout=5).raise_for_status()
+    wait_until(lambda: task_id in sim_history(stack), 10, "the interrupt to land")
+    httpx.post(f"{node}/history", json={"clear": True}, timeout=5).raise_for_status()
+    assert sim_history(stack) == {}
+    # When another worker adopts it after the lease
+    stack.start_worker()
+    # Then it is submitted again on the node and succeeds, its second attempt
+    task = stack.wait_task(task_id, timeout=60)
+    assert (task["status"], task["attempts"]) == ("succeeded", 2), (task, stack.logs())
+    assert '"task.resubmitted"' in stack.logs()
+    assert list(sim_history(stack)) == [task_id]
+
+
 def test_a_task_on_a_killed_node_finishes_elsewhere(stack_factory: Any) -> None:
     stack = stack_factory(nodes=2, step_ms=30)
     task_id = stack.submit(slow_body(100))
