@@ -6,6 +6,11 @@ pass takes work. A node whose only failing check is Consul maintenance is cordon
 (comfy_service/availability.py: an operator's request, or its sidecar letting the running
 prompt finish before Nomad stops it): it takes no new task. Any other failing check means the
 node is gone, and its tasks fail over.
+
+With 1,000 nodes each answer is the whole fleet (about 2 MB of JSON), and any node's write
+wakes every watcher: so a watcher asks at most once per MIN_QUERY_INTERVAL_S (changes in between
+arrive together in the next answer), and calls its listener only when something a worker reads
+changed.
 """
 
 from __future__ import annotations
@@ -27,8 +32,12 @@ from comfy_service.logs import event
 log = logging.getLogger("actors.discovery")
 
 BLOCKING_WAIT_S = 30
+MIN_QUERY_INTERVAL_S = 1.0
 RETRY_S = (0.5, 1.0, 2.0, 5.0)
 FAILING = "failing"
+# Figures a sidecar reports for people (the Consul UI; node_sidecar/meta.py RIDE_ALONG_KEYS):
+# no worker reads them (slots are counted in Redis), so a change in them alone is no news.
+UNREAD_META = frozenset({"queue_running", "queue_pending", "gpu_temp_c", "gpu_power_w"})
 
 
 @dataclass(frozen=True)
@@ -84,14 +93,33 @@ def parse_health(entries: list[dict[str, object]]) -> list[DiscoveredNode]:
     return sorted(nodes, key=lambda n: n.name)
 
 
+def _read_meta(node: DiscoveredNode) -> dict[str, str]:
+    return {k: v for k, v in node.meta.items() if k not in UNREAD_META}
+
+
+def same_view(old: list[DiscoveredNode] | None, new: list[DiscoveredNode]) -> bool:
+    """Whether two parsed views differ at most in what no worker reads (pure; both sorted)."""
+    if old is None or len(old) != len(new):
+        return False
+    return all(a.name == b.name and a.url == b.url and a.availability == b.availability
+               and _read_meta(a) == _read_meta(b) for a, b in zip(old, new, strict=True))
+
+
 async def watch_consul(address: str, service: str, token: str | None,
                        listener: Listener) -> None:
-    """Call `listener` with the passing nodes now and on every change, until cancelled."""
+    """Call `listener` with the passing nodes now and on every change that matters to a
+    worker, until cancelled."""
     index: str | None = None
     failures = 0
+    last: list[DiscoveredNode] | None = None
+    asked_at: float | None = None
+    loop = asyncio.get_running_loop()
     client = async_client(address, token, BLOCKING_WAIT_S)
     try:
         while True:
+            if asked_at is not None:  # a busy fleet answers at once: pace the questions
+                await asyncio.sleep(max(0.0, asked_at + MIN_QUERY_INTERVAL_S - loop.time()))
+            asked_at = loop.time()
             try:
                 new_index, entries = await client.health.service(
                     service, index=index, wait=f"{BLOCKING_WAIT_S}s")
@@ -107,6 +135,9 @@ async def watch_consul(address: str, service: str, token: str | None,
             if index is not None and int(new_index) < int(index):
                 new_index = None  # Consul restarted and its index went back: start over
             index = new_index
-            await listener(parse_health(entries))
+            nodes = parse_health(entries)
+            if not same_view(last, nodes):
+                last = nodes
+                await listener(nodes)
     finally:
         await client.close()

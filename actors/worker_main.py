@@ -16,6 +16,7 @@ from actors.broker import build_broker
 from actors.scheduler import Scheduler
 from comfy_service import logs
 from comfy_service.logs import event
+from comfy_service.open_files import raise_open_files_limit
 from comfy_service.redis_client import connect
 from comfy_service.settings import Settings
 from comfy_service.storage import BlobStore, StoreMismatch, open_store
@@ -74,7 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # worker_timeout bounds the consumer's idle polling backoff, i.e. submit-to-admit latency.
     consumers = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
     consumers.start()
-    event(log, "worker.consumers_started", worker=settings.worker_id)
+    # Two sockets per node followed (its WebSocket and an HTTP connection), more than the
+    # common soft limit of 1,024 with a few hundred nodes.
+    _, open_files = raise_open_files_limit()
+    event(log, "worker.consumers_started", worker=settings.worker_id, open_files=open_files)
     try:
         asyncio.run(_serve(settings))
     finally:

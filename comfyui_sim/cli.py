@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from comfy_service.open_files import raise_open_files_limit
 from comfyui_sim import farm
 from comfyui_sim.settings import FarmSettings, SimSettings, from_command_line
 
@@ -30,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_farm(settings: FarmSettings) -> int:
-    before, after = farm.raise_open_files_limit()
+    before, after = raise_open_files_limit()
     node: SimSettings = settings.node
     print(f"comfyui-sim farm (ComfyUI {node.comfyui_version}): {settings.nodes} nodes, step "
           f"{node.step_ms:g} ms, cheap images {'on' if node.cheap_images else 'off'}, files in "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import signal
 import socket
 from collections.abc import Iterator
@@ -42,16 +41,6 @@ class FarmServer(uvicorn.Server):
     async def main_loop(self) -> None:
         while not await self.on_tick(0):  # tick 0 refreshes the Date header every time
             await asyncio.sleep(TICK_S)
-
-
-def raise_open_files_limit() -> tuple[int, int]:
-    """Soft RLIMIT_NOFILE up to the hard limit (each node holds a listening socket plus one
-    per client connection); answers (before, after)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        return soft, hard
-    return soft, soft
 
 
 def _listen(host: str, port: int) -> socket.socket:

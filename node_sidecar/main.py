@@ -23,12 +23,15 @@ import consul
 import httpx
 from consul.callback import CB
 from prometheus_client import Gauge, Histogram, start_http_server
+from requests.adapters import HTTPAdapter
 
 from comfy_service import __version__, availability, logs
 from comfy_service import constants as c
 from comfy_service.consul_client import sync_client
 from comfy_service.logs import event
+from comfy_service.open_files import raise_open_files_limit
 from comfy_service.polling import wait_until
+from comfy_service.tls import shared_context
 from node_sidecar import meta as node_meta
 from node_sidecar.gpu import GpuReader, assigned_uuid, open_reader
 from node_sidecar.settings import SidecarSettings
@@ -37,6 +40,8 @@ log = logging.getLogger("node_sidecar")
 
 GPU_UUID_WAIT_S = 60.0
 DRAIN_GONE_S = 5.0
+STATS_INTERVAL_S = 30.0
+CONSUL_CONNECTIONS = 100
 
 # Named after NVIDIA's DCGM exporter, so existing dashboards and alerts apply.
 GPU_UTIL = Gauge("DCGM_FI_DEV_GPU_UTIL", "GPU utilisation (%)", ["gpu", "UUID"])
@@ -48,22 +53,30 @@ QUEUE_RUNNING = Gauge("comfyui_queue_running", "Prompts ComfyUI is executing")
 QUEUE_PENDING = Gauge("comfyui_queue_pending", "Prompts waiting in ComfyUI's queue")
 COMFYUI_UP = Gauge("comfyui_up", "1 while the sidecar's probes of ComfyUI succeed")
 PROBE_SECONDS = Histogram("comfyui_probe_duration_seconds",
-                          "Time ComfyUI took to answer a probe (/queue and /system_stats)",
+                          "Time ComfyUI took to answer a probe (/queue, and /system_stats "
+                          "every 30 s)",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 
 
 class Sidecar:
-    def __init__(self, settings: SidecarSettings, reader: GpuReader) -> None:
+    def __init__(self, settings: SidecarSettings, reader: GpuReader,
+                 consul_client: consul.Consul | None = None) -> None:
+        """`consul_client`: shared by all the ComfyUIs a process follows (`shared_consul`),
+        as is the TLS context of their HTTP clients (comfy_service/tls.py)."""
         self.settings = settings
         self.reader = reader
-        self.consul = sync_client(settings.consul_addr, settings.consul_token)
+        self.consul = consul_client or sync_client(settings.consul_addr, settings.consul_token)
         self.http = httpx.Client(base_url=settings.comfyui_url,
-                                 timeout=max(0.5, settings.probe_interval_s))
+                                 timeout=max(0.5, settings.probe_interval_s),
+                                 verify=shared_context())
         self.service_id = node_meta.service_id(settings.host_name, settings.gpu_index,
                                                settings.comfyui_port)
         self.ttl_check = f"{self.service_id}:alive"
         self._meta: dict[str, str] | None = None
         self._meta_at = 0.0
+        self._ttl_at = 0.0  # when the TTL check was last passed; 0: failing or never
+        self._wish_at = 0.0  # when the operator's wish was last read from KV
+        self._stats_at = -STATS_INTERVAL_S  # when /system_stats (the version) was last read
         self.comfyui_version = "unknown"
         # The state this sidecar has put in Consul (availability.py) and why.
         self.availability = availability.READY
@@ -73,9 +86,16 @@ class Sidecar:
     # --- phases --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         load = self.probe() or node_meta.NodeLoad(0, 0, self.reader.read())
-        self.register(load)
-        event(log, "sidecar.registered", service_id=self.service_id,
-              comfyui=self.settings.comfyui_url, gpu_source=self.reader.source)
+        try:
+            self.register(load)
+        except consul.ACLPermissionDenied:
+            raise  # refused: say so and exit
+        except Exception:  # Consul busy (a fleet starting at once) or away: the ticks retry
+            event(log, "sidecar.register_failed", logging.WARNING, exc_info=True,
+                  service_id=self.service_id, retry="at the next probe")
+        else:
+            event(log, "sidecar.registered", service_id=self.service_id,
+                  comfyui=self.settings.comfyui_url, gpu_source=self.reader.source)
         try:
             while not stop.wait(self.settings.probe_interval_s):
                 self.tick()
@@ -128,21 +148,37 @@ class Sidecar:
               queue_empty=empty_since is not None)
 
     def tick(self) -> None:
+        """One probe and what Consul needs to hear of it. With 1,000 nodes every request here
+        is 1,000 a second, so only what changed is written: a failure at once, Meta by
+        `meta.reregister_due`, the passing TTL three times per TTL, the wish every
+        `wish_interval_s`."""
+        settings = self.settings
         load = self.probe()
         try:
             if load is None:
                 self.consul.agent.check.ttl_fail(self.ttl_check, notes="ComfyUI probe failed")
+                self._ttl_at = 0.0
                 return
-            current = node_meta.meta(load, self.settings.slots, self.settings.weight,
-                                     self._versions(), self.settings.listen_port)
-            due = time.monotonic() - self._meta_at >= self.settings.meta_min_interval_s
-            if due and node_meta.changed_enough(self._meta, current):
+            current = node_meta.meta(load, settings.slots, settings.weight,
+                                     self._versions(), settings.listen_port)
+            now = time.monotonic()
+            if node_meta.reregister_due(self._meta, current, now - self._meta_at,
+                                        settings.meta_policy):
                 self.register(load)
-            self.consul.agent.check.ttl_pass(self.ttl_check, notes="ComfyUI answers")
-            self.follow_wish()
+            elif not self._ttl_at or node_meta.ttl_pass_due(
+                    now - self._ttl_at, settings.ttl_s, settings.probe_interval_s):
+                self._pass_ttl()
+            if now - self._wish_at >= settings.wish_interval_s - 0.05:
+                self._wish_at = now
+                self.follow_wish()
         except Exception:  # Consul away or restarted: keep probing, register again when back
-            self._meta, self._meta_at = None, 0.0
+            self._meta, self._meta_at, self._ttl_at = None, 0.0, 0.0
             event(log, "sidecar.consul_unreachable", logging.WARNING, exc_info=True)
+
+    def _pass_ttl(self) -> None:
+        # Always the same note: a changed output is a catalog write; the same one stays local.
+        self.consul.agent.check.ttl_pass(self.ttl_check, notes="ComfyUI answers")
+        self._ttl_at = time.monotonic()
 
     # --- availability (operators' cordon and drain) ---------------------------------------------
     def follow_wish(self) -> None:
@@ -197,15 +233,21 @@ class Sidecar:
     # --- probes and registration ---------------------------------------------------------------
     def probe(self) -> node_meta.NodeLoad | None:
         started = time.perf_counter()
+        # ComfyUI's version changes only with a restart, which fails a probe first.
+        stats_due = started - self._stats_at >= STATS_INTERVAL_S
         try:
             queue = self.http.get("/queue").json()
-            stats = self.http.get("/system_stats").json()
+            stats = self.http.get("/system_stats").json() if stats_due else None
             PROBE_SECONDS.observe(time.perf_counter() - started)
         except (httpx.HTTPError, ValueError) as exc:
             COMFYUI_UP.set(0)
+            self._stats_at = -STATS_INTERVAL_S
             event(log, "sidecar.probe_failed", logging.WARNING, reason=type(exc).__name__)
             return None
-        self.comfyui_version = str(stats.get("system", {}).get("comfyui_version", "unknown"))
+        if stats is not None:
+            self._stats_at = started
+            self.comfyui_version = str(stats.get("system", {}).get("comfyui_version",
+                                                                   "unknown"))
         gpu = self.reader.read()
         load = node_meta.NodeLoad(len(queue.get("queue_running", [])),
                                   len(queue.get("queue_pending", [])), gpu)
@@ -230,8 +272,11 @@ class Sidecar:
         settings = self.settings
         values = node_meta.meta(load, settings.slots, settings.weight, self._versions(),
                                 settings.listen_port)
+        # Consul's own look at ComfyUI, a second opinion: the TTL check already fails at the
+        # first failed probe, so once per TTL is enough (each is a request from the agent).
+        interval = max(1, int(max(settings.probe_interval_s, settings.ttl_s)))
         http_check: dict[str, Any] = consul.Check.http(
-            f"{settings.comfyui_url}/queue", interval=f"{max(1, int(settings.probe_interval_s))}s",
+            f"{settings.comfyui_url}/queue", interval=f"{interval}s",
             timeout="2s", deregister=settings.deregister_after)
         ttl_check: dict[str, Any] = consul.Check.ttl(f"{settings.ttl_s:g}s")
         ttl_check.update({"CheckID": self.ttl_check, "Name": "ComfyUI makes progress",
@@ -242,7 +287,7 @@ class Sidecar:
             meta=values, check=http_check | {"CheckID": f"{self.service_id}:http",
                                              "Name": "ComfyUI answers HTTP"},
             extra_checks=[ttl_check])
-        self.consul.agent.check.ttl_pass(self.ttl_check, notes="registered")
+        self._pass_ttl()
         self._meta, self._meta_at = values, time.monotonic()
         if self.availability != availability.READY:  # a Consul that restarted forgot it
             self.consul.agent.service.maintenance(
@@ -265,6 +310,19 @@ def wait_for_gpu_uuid(settings: SidecarSettings) -> str | None:
         return None
 
 
+def shared_consul(settings: SidecarSettings) -> consul.Consul:
+    """One Consul client for every ComfyUI a process follows, at most CONSUL_CONNECTIONS
+    connections (a thread waits for a free one): Consul refuses an address more than 200 at
+    once (limits.http_max_conns_per_client, HTTP 429), which a client per instance passed at
+    200 instances; half of that leaves room for the host's other clients. The session is
+    shared by threads; Consul sets no cookies."""
+    client = sync_client(settings.consul_addr, settings.consul_token)
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=CONSUL_CONNECTIONS, pool_block=True)
+    for scheme in ("http://", "https://"):
+        client.http.session.mount(scheme, adapter)
+    return client
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = SidecarSettings.from_env(os.environ)
     logs.setup(os.environ.get("LOG_LEVEL", "INFO").upper(), os.environ.get("LOG_FORMAT", "json"))
@@ -273,6 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if why_not_nvml:
         event(log, "sidecar.no_nvml", logging.WARNING, reason=why_not_nvml,
               effect="reporting ComfyUI queue load only")
+    _, open_files = raise_open_files_limit()
+    need = len(settings.comfyui_urls) + CONSUL_CONNECTIONS + 64
+    if open_files < need:
+        event(log, "sidecar.open_files_low", logging.WARNING, limit=open_files,
+              instances=len(settings.comfyui_urls), need=need)
     if settings.listen_port:
         start_http_server(settings.listen_port, addr=settings.listen_host)
     stop = threading.Event()
@@ -289,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   reason=f"{type(exc).__name__}: {exc}")
             stop.set()
 
-    threads = [threading.Thread(target=follow, args=(Sidecar(instance, reader),),
+    shared = shared_consul(settings)
+    threads = [threading.Thread(target=follow, args=(Sidecar(instance, reader, shared),),
                                 name=f"sidecar:{instance.comfyui_url}")
                for instance in settings.instances()]
     try:

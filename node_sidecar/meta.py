@@ -2,7 +2,8 @@
 
 Consul Meta keys allow letters, digits, '-' and '_' only, at most 64 pairs, values <= 512
 chars. Load travels in Meta (re-registering the same service id), not in a TTL check's
-output: Consul syncs an output change without a status change only every 5 minutes.
+output: Consul syncs an output change without a status change only every 5 minutes. How soon a
+change is re-registered depends on who reads it (`reregister_due`).
 """
 
 from __future__ import annotations
@@ -62,20 +63,75 @@ def meta(load: NodeLoad, slots: int, weight: float | None, versions: Mapping[str
     return values
 
 
-def changed_enough(previous: Mapping[str, str] | None, current: Mapping[str, str],
-                   util_points: float = 10.0, vram_fraction: float = 0.05) -> bool:
-    """Worth a re-registration: queue figures or identity changed, or GPU load moved past a
-    threshold. Small jitter is not, to spare Consul's Raft log."""
+# Re-registration is a Raft write, and it wakes every worker's blocking query on the service,
+# which answers with the whole fleet: with 1,000 nodes, one node's write is a ~2 MB JSON answer
+# per watcher. So what a node reports is sorted by how soon a change must reach Consul:
+IDENTITY = "identity"  # anything not below (slots, weight, versions, GPU uuid): at once
+LOAD = "load"          # GPU load past a threshold: the dispatcher's gpu_util and VRAM terms
+STALE = "stale"        # figures no worker reads (queue, temperature, power): ride along
+LOAD_KEYS = frozenset({"gpu_util", "vram_used_mb"})
+# The workers count slots in Redis; these are for people (Consul UI) and /metrics has them live.
+RIDE_ALONG_KEYS = frozenset({"queue_running", "queue_pending", "gpu_temp_c", "gpu_power_w"})
+
+
+@dataclass(frozen=True)
+class MetaPolicy:
+    """How soon after the last registration each kind of change is written (seconds)."""
+
+    identity_s: float = 2.0
+    load_s: float = 10.0
+    stale_s: float = 60.0
+    util_points: float = 10.0
+    vram_fraction: float = 0.05
+
+
+def change_kind(previous: Mapping[str, str] | None, current: Mapping[str, str],
+                policy: MetaPolicy = MetaPolicy()) -> str | None:
+    """The most urgent kind of change from `previous` to `current`, or None (pure)."""
     if previous is None or set(previous) != set(current):
-        return True
+        return IDENTITY
+    kind = None
     for key, value in current.items():
+        if previous[key] == value:
+            continue
+        if key in RIDE_ALONG_KEYS:
+            kind = kind or STALE
+        elif key in LOAD_KEYS:
+            if _moved(key, previous, current, policy):
+                kind = LOAD
+            else:
+                kind = kind or STALE  # jitter: shown when something else is written
+        else:
+            return IDENTITY
+    return kind
+
+
+def _moved(key: str, previous: Mapping[str, str], current: Mapping[str, str],
+           policy: MetaPolicy) -> bool:
+    try:
+        delta = abs(float(current[key]) - float(previous[key]))
         if key == "gpu_util":
-            if abs(float(value) - float(previous[key])) >= util_points:
-                return True
-        elif key == "vram_used_mb":
-            total = float(current.get("vram_total_mb", "0")) or 1.0
-            if abs(float(value) - float(previous[key])) / total >= vram_fraction:
-                return True
-        elif key not in ("gpu_temp_c", "gpu_power_w") and previous[key] != value:
-            return True
-    return False
+            return delta >= policy.util_points
+        total = float(current.get("vram_total_mb", "0")) or 1.0
+        return delta / total >= policy.vram_fraction
+    except ValueError:
+        return True
+
+
+def reregister_due(previous: Mapping[str, str] | None, current: Mapping[str, str],
+                   since_s: float, policy: MetaPolicy = MetaPolicy()) -> bool:
+    """Worth a re-registration now, `since_s` after the last one (pure): identity changes
+    within `identity_s`, GPU load past a threshold within `load_s`, anything else that differs
+    within `stale_s` (so the Consul UI is never more than a minute behind)."""
+    kind = change_kind(previous, current, policy)
+    wait = {IDENTITY: policy.identity_s, LOAD: policy.load_s, STALE: policy.stale_s}
+    return kind is not None and since_s >= wait[kind]
+
+
+def ttl_pass_due(since_s: float, ttl_s: float, probe_interval_s: float) -> bool:
+    """Whether a passing TTL check needs refreshing, `since_s` after it was last passed (pure).
+
+    Three refreshes per TTL keep it passing through one lost update; more only costs the agent
+    an HTTP request each (a status or output change, which is sent at once, is what reaches
+    the servers). A failure is reported at once, never through this."""
+    return since_s >= max(probe_interval_s, ttl_s / 3) - 0.05

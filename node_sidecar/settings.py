@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+from node_sidecar.meta import MetaPolicy
+
 
 @dataclass(frozen=True)
 class SidecarSettings:
@@ -31,7 +33,11 @@ class SidecarSettings:
     listen_port: int = 0
     probe_interval_s: float = 1.0
     ttl_s: float = 5.0
-    meta_min_interval_s: float = 2.0
+    # How soon each kind of Meta change is re-registered (node_sidecar/meta.py).
+    meta_policy: MetaPolicy = field(default_factory=MetaPolicy)
+    # Read the cordon/drain wish (KV) at most this often; 0: every probe. Each read is a server
+    # read (N a second fleet-wide), but a drain must land while a prompt still waits.
+    wish_interval_s: float = 0.0
     deregister_after: str = "1m"
     host_name: str = field(default_factory=socket.gethostname)
 
@@ -71,6 +77,10 @@ class SidecarSettings:
                    listen_port=int(get("SIDECAR_PORT", "0")),
                    probe_interval_s=float(get("SIDECAR_PROBE_INTERVAL_S", "1")),
                    ttl_s=float(get("SIDECAR_TTL_S", "5")),
+                   meta_policy=MetaPolicy(
+                       load_s=float(get("SIDECAR_META_LOAD_INTERVAL_S", "10")),
+                       stale_s=float(get("SIDECAR_META_REFRESH_S", "60"))),
+                   wish_interval_s=float(get("SIDECAR_WISH_INTERVAL_S", "0")),
                    host_name=get("NODE_HOSTNAME") or socket.gethostname())
 
 

@@ -12,6 +12,9 @@
            failover time from a killed or hung node to its task running elsewhere
   autoscale the Nomad Autoscaler on a local cluster: a burst to the first task on a new node,
            scale-out vs a fixed fleet of 3, back at min (bench_autoscale)
+  dispatch one dispatch decision as the fleet grows (bench_dispatch)
+  scale    a node farm of 16 to 1,000 nodes behind the service, 1 and 2 workers (bench_scale)
+  consul   the Consul side of 16 to 1,000 nodes: a sidecar farm, writes, watchers (bench_consul)
 
 Run: .venv/bin/python scripts/bench.py [submit|fleet|recover|all]. Prints Markdown rows for
 docs/benchmarks.md. Everything runs on loopback and stops by itself.
@@ -410,7 +413,8 @@ def _adoption_time(log: pathlib.Path, task_id: str) -> float | None:
     return None
 
 
-MODULE_BENCHES = ("metrics", "store", "sse", "webhooks", "packing", "autoscale", "dispatch", "scale")
+MODULE_BENCHES = ("metrics", "store", "sse", "webhooks", "packing", "autoscale", "dispatch", "scale",
+                  "consul")
 
 
 def main(argv: list[str]) -> int:
