@@ -50,6 +50,11 @@ LOOKAHEAD = 16             # ready tasks considered per binding (a task no free 
                            # does not hold up the ones behind it)
 SNAPSHOT_S = 1.0
 MEMBER_BEAT_S = 1.0        # how often a worker renews its membership and looks at the others
+# How long a worker that stopped renewing keeps its share. Generous: a busy event loop must
+# not lose its share (its nodes would move and come back), and a crashed worker's running
+# tasks do not wait for it (they are adopted after their lease); only new binds on its
+# nodes do, until this passes. A worker that stops cleanly leaves at once.
+MEMBER_TTL_S = 10.0
 
 
 RETENTION_BATCHES_PER_ROUND = 10
@@ -81,8 +86,8 @@ class Scheduler:
         self._workers: tuple[str, ...] = ()          # the live workers, this one included
         self._mine: tuple[str, ...] = ()             # the nodes this worker follows, sorted
         self._share_of: tuple[tuple[str, ...], frozenset[str]] | None = None
-        self.membership = Membership(redis, settings.worker_id,
-                                     max(settings.lease_ttl_s, 3 * MEMBER_BEAT_S))
+        self.membership = Membership(redis, settings.worker_id, max(
+            3 * settings.lease_ttl_s, MEMBER_TTL_S))
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -278,11 +283,14 @@ class Scheduler:
                 return
             waiting = await store.ready_count()
             bound, releases = 0, self.ctx.releases
+            free = sum(v.free for v in views if v.healthy)
             # Bind down the looked-at tasks on this one view, counting our own binds into it;
             # the bind script stays the authority (a slot another worker took meanwhile just
             # fails the bind). Reading every node's slots once per bind instead cost O(nodes)
             # Redis work a task.
             for task_id in await store.peek_ready(LOOKAHEAD):
+                if free <= 0:
+                    break  # each look costs a pass over the nodes (ms at 1,000): none is free
                 need = await self._need(task_id)
                 chosen = choose_node(views, need, waiting) if need is not None else None
                 if chosen is not None and await store.bind(
@@ -302,6 +310,7 @@ class Scheduler:
                     self._start(TaskRun(self.ctx, task_id, link))
                     bound += 1
                     waiting -= 1
+                    free -= 1
                     views = [replace(v, used=v.used + 1) if v.name == chosen.name else v
                              for v in views]
                 if self.ctx.releases != releases:

@@ -15,6 +15,8 @@ warm-up, then a fixed window measures:
   Redis / task   INFO commandstats total calls delta / prompts finished
   sockets        /proc/<worker pid>/fd entries that are sockets, at the window's end
   worker RSS     VmRSS of the (largest) worker at the window's end
+  failover       after the window, a node running a task loses its WebSocket for good: time
+                 until that task runs on another node (the fleet still loaded)
   cores busy     each process's CPU seconds / window (1.0 = one core busy), and the whole
                  machine's (/proc/stat), which shows what other processes took
 
@@ -51,9 +53,9 @@ MAX_BACKLOG = 8000
 BOUND = re.compile(rb'^comfy\w*bind_decisions_total\{outcome="bound"\} ([0-9.e+]+)$', re.M)
 
 HEADER = ("| nodes (one farm) | task | workers | efficiency | binds/s | worker CPU per task | "
-          "Redis cmds / task | sockets / worker | worker RSS | cores busy: worker(s), farm, gateway, Redis; "
-          "machine | "
-          "what limited it |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "Redis cmds / task | sockets / worker | worker RSS | failover | "
+          "cores busy: worker(s), farm, gateway, Redis; machine | what limited it |\n"
+          + "| --- " * 12 + "|")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -110,6 +112,27 @@ def _submit(stack: Stack, count: int, seed0: int) -> None:
         answer.raise_for_status()
 
 
+def failover_s(stack: Stack, urls: list[str]) -> float:
+    """A node running a task loses its WebSocket for good (the simulator's refuse_ws fault: a
+    dead ComfyUI, as the workers see it): seconds until that task runs on another node."""
+    with httpx.Client(timeout=10) as client:
+        for url in urls:
+            running = client.get(f"{url}/queue").json()["queue_running"]
+            if running:
+                task_id = running[0][1]
+                break
+        else:
+            return float("nan")
+        struck = time.perf_counter()
+        client.post(f"{url}/sim/faults", json={"refuse_ws": True}).raise_for_status()
+
+    def elsewhere() -> bool:
+        record = stack.task(task_id)
+        return bool(record["attempts"] >= 2 and record["status"] in ("running", "succeeded"))
+    wait_until(elsewhere, 120, f"task {task_id} to run on another node", interval=0.02)
+    return time.perf_counter() - struck
+
+
 def machine_busy() -> float:
     """CPU seconds all processes on this machine have used (/proc/stat, idle and iowait out)."""
     ticks = [int(n) for n in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -139,7 +162,8 @@ def point(root: pathlib.Path, nodes: int, workers: int, task_s: float = TASK_S) 
     stack: Stack | None = None
     try:
         stack = Stack(root / f"stack{nodes}-{workers}", nodes=0, workers=0, env={
-            "COMFYUI_URLS": ",".join(farm.urls), "LOG_LEVEL": "WARNING"})
+            "COMFYUI_URLS": ",".join(farm.urls), "LOG_LEVEL": "WARNING",
+            "LEASE_TTL_S": "5"})  # the default (the test stacks' 2 s is for quick tests)
         metric_ports = [free_port() for _ in range(workers)]
         for port in metric_ports:
             stack.start_worker({"WORKER_METRICS_PORT": str(port)})
@@ -176,6 +200,7 @@ def point(root: pathlib.Path, nodes: int, workers: int, task_s: float = TASK_S) 
         sockets = max(sockets_of(w.proc.pid) for w in stack.workers)
         rss = max(rss_mib(w.proc.pid) for w in stack.workers)
         done = finished_between(farm.urls, t0, t1)
+        failover = failover_s(stack, farm.urls)
     finally:
         if stack is not None:
             stack.stop()
@@ -190,7 +215,7 @@ def point(root: pathlib.Path, nodes: int, workers: int, task_s: float = TASK_S) 
     share_text += f"; machine {machine:.2f}"
     return (f"| {nodes} | {task_s:g} s | {workers} | {efficiency:.3f} ({done} in {window:.0f} s) | "
             f"{(bound1 - bound0) / window:.1f} | {per_task * 1000:.1f} ms | "
-            f"{redis_per_task:.1f} | {sockets} | {rss:.0f} MiB | {share_text} | "
+            f"{redis_per_task:.1f} | {sockets} | {rss:.0f} MiB | {failover:.2f} s | {share_text} | "
             f"{_limit(shares, machine, workers, efficiency)} |")
 
 
