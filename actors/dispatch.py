@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -100,6 +101,17 @@ def score(node: NodeView, loads: Mapping[str, GpuLoad]) -> float:
     return value
 
 
+def finish(node: NodeView) -> float:
+    """When the node would finish one more task, in units of one task on a speed-1 node."""
+    return (node.used + 1) / node.weight
+
+
+def rank(node: NodeView, loads: Mapping[str, GpuLoad]) -> tuple[float, float, int, str]:
+    """The order nodes are offered a task in: score, then the faster (so among nodes alike
+    by score, the first one looked at is usually worth starting), then most free."""
+    return score(node, loads), finish(node), -node.free, node.name
+
+
 class Capable:
     """The nodes that can run a task, arranged so `worth_starting` costs O(log nodes) a node
     instead of a pass over all of them (which made a decision O(nodes^2))."""
@@ -115,7 +127,7 @@ class Capable:
             self._weights.append(self._weights[-1] + n.weight)
             self._used.append(self._used[-1] + n.used)
         # The two earliest finishes of one more task: the best other than any given node.
-        self._finishes = sorted(((n.used + 1) / n.weight, n.name) for n in nodes)[:2]
+        self._finishes = sorted((finish(n), n.name) for n in nodes)[:2]
 
     def can_take(self, by: float) -> float:
         """Tasks all these nodes can finish by time `by`: sum of max(0, weight x by - used)."""
@@ -134,7 +146,7 @@ def worth_starting(node: NodeView, capable: Capable, waiting: int) -> bool:
     task on a speed-1 node (weight = relative speed)."""
     if capable.count < 2:
         return True
-    own_finish = (node.used + 1) / node.weight
+    own_finish = finish(node)
     # The node itself frees up before own_finish and would count exactly 1 task by then.
     others_can_take = capable.can_take(own_finish) - 1
     if waiting > others_can_take + TIE:
@@ -144,25 +156,26 @@ def worth_starting(node: NodeView, capable: Capable, waiting: int) -> bool:
 
 def choose_node(nodes: Iterable[NodeView], need: Need = Need(),
                 waiting: int | None = None) -> NodeView | None:
-    """Lowest score among healthy nodes with a free slot that can run it; ties: most free.
-    With `waiting` (tasks in line, this one included) a node must also be worth starting:
-    looked at best-scored first, so usually only the first one is asked."""
+    """Lowest score among healthy nodes with a free slot that can run it; ties: the one that
+    would finish one more task soonest (the faster), then most free. With `waiting` (tasks
+    in line, this one included) a node must also be worth starting: looked at best-ranked
+    first, so usually only the first one is asked."""
     everyone = list(nodes)
     capable = [n for n in everyone if n.healthy and can_run(n, need)]
     loads = gpu_loads(everyone)
     # Best first, lazily (a heap, not a sort: usually the first one is taken).
-    ranked = [(score(n, loads), -n.free, n.name, i) for i, n in enumerate(capable) if n.free > 0]
+    ranked = [rank(n, loads) + (i,) for i, n in enumerate(capable) if n.free > 0]
     heapq.heapify(ranked)
     if waiting is None:
-        return capable[ranked[0][3]] if ranked else None
+        return capable[ranked[0][-1]] if ranked else None
     # Under a backlog the answer is plain without arranging the fleet: the others together
     # take at most total speed x own finish tasks by then, so if more wait, the node is needed
     # (worth_starting's first rule, from an upper bound: O(1) instead of O(nodes log nodes)).
-    total_weight = sum(n.weight for n in capable)
+    total_weight = math.fsum(n.weight for n in capable)  # exact: the same in any order
     fleet: Capable | None = None
     while ranked:
-        node = capable[heapq.heappop(ranked)[3]]
-        if waiting > (node.used + 1) / node.weight * total_weight - 1 + TIE:
+        node = capable[heapq.heappop(ranked)[-1]]
+        if waiting > finish(node) * total_weight - 1 + TIE:
             return node
         fleet = fleet or Capable(capable)
         if worth_starting(node, fleet, waiting):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,8 @@ class WorkerContext:
     owned: dict[str, TaskRun] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     releases: int = 0  # slots this worker freed so far (a bind pass re-reads when it moves)
+    # Told the node's name each time this worker frees a slot there (the scheduler counts it).
+    on_release: Callable[[str], None] = field(default=lambda node: None)
     # Nodes draining (availability.DRAINING): prompts still waiting there go back in line.
     draining: set[str] = field(default_factory=set)
 
@@ -174,6 +177,7 @@ class TaskRun:
             self.ctx.owned.pop(self.task_id, None)
             if outcome != "handed-off":
                 await store.release(self.link.name, self.task_id)
+                self.ctx.on_release(self.link.name)
                 self.ctx.releases += 1
                 self.ctx.wake.set()
             event(log, "task.run_ended", task_id=self.task_id, node=self.link.name,

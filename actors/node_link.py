@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import websockets
@@ -35,8 +36,10 @@ WS_MAX_FRAME_BYTES = 32 * 1024 * 1024
 
 class NodeLink:
     def __init__(self, name: str, base_url: str, client_id: str,
-                 down_report_s: float = DOWN_REPORT_EVERY_S) -> None:
+                 down_report_s: float = DOWN_REPORT_EVERY_S,
+                 on_health: Callable[[str], None] | None = None) -> None:
         self.name = name
+        self.on_health = on_health  # told the node's name when it goes up or down
         self.base_url = base_url
         self.client_id = client_id
         self.http = ComfyClient(base_url)
@@ -82,6 +85,8 @@ class NodeLink:
         if healthy != self.healthy:
             self.healthy = healthy
             self.last_change = time.monotonic()
+            if self.on_health is not None:
+                self.on_health(self.name)
             event(log, "node.up" if healthy else "node.down",
                   logging.INFO if healthy else logging.WARNING, node=self.name, reason=reason)
         if healthy:

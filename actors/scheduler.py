@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,14 +24,16 @@ from redis.exceptions import RedisError
 
 from actors import tasks
 from actors.discovery import DiscoveredNode, static_nodes, watch_consul
-from actors.dispatch import Need, NodeView, choose_node, gpu_of, load_from_meta, need_of
+from actors.dispatch import Need, NodeView, gpu_of, load_from_meta, need_of
 from actors.execution import TaskRun, WorkerContext
+from actors.fleet_index import FleetIndex
 from actors.membership import Membership
 from actors.node_inputs import NodeInputs
 from actors.node_link import NodeLink
 from actors.partition import owned_by
 from actors.retention import BATCH as RETENTION_BATCH
 from actors.retention import Retention
+from actors.slot_counts import SlotCounts
 from actors.store import TaskStore
 from actors.uploads import UploadStore
 from actors.webhooks import WebhookDelivery
@@ -86,6 +87,12 @@ class Scheduler:
         self._workers: tuple[str, ...] = ()          # the live workers, this one included
         self._mine: tuple[str, ...] = ()             # the nodes this worker follows, sorted
         self._share_of: tuple[tuple[str, ...], frozenset[str]] | None = None
+        # The share as the dispatcher sees it (see "the share's slots" below).
+        self._fleet = FleetIndex()
+        self._used = SlotCounts()            # slots taken on each node of the share
+        self._changed: set[str] = set()      # nodes whose view is to be built again
+        self._recount_due = True             # the share changed: read every count first
+        self.ctx.on_release = self._released
         self.membership = Membership(redis, settings.worker_id, max(
             3 * settings.lease_ttl_s, MEMBER_TTL_S))
 
@@ -159,6 +166,7 @@ class Scheduler:
             if name not in self._nodes:
                 event(log, "node.added", node=name, url=node.url)
         self._nodes = current
+        self._recount_due = True  # Meta, availability or the share changed
         unlinked = self._relink()
         for name in removed:
             self._meta.pop(name, None)
@@ -184,6 +192,7 @@ class Scheduler:
             self._share_of = share_of
             mine = owned_by(self.settings.worker_id, self._nodes, self._workers)
         if set(self._mine) != mine:
+            self._recount_due = True
             event(log, "worker.share", worker=self.settings.worker_id, following=len(mine),
                   nodes=len(self._nodes), workers=len(self._workers))
         for name in sorted(mine - set(self.ctx.links)):
@@ -197,7 +206,8 @@ class Scheduler:
     def _link(self, name: str) -> NodeLink:
         self._link_count += 1
         link = NodeLink(name, self._nodes[name].url,
-                        f"cs-{self.settings.worker_id}-{self._link_count}")
+                        f"cs-{self.settings.worker_id}-{self._link_count}",
+                        on_health=self._health_changed)
         self.ctx.links[name] = link
         link.start()
         return link
@@ -237,20 +247,18 @@ class Scheduler:
         self._caps[name] = (info, classes, checkpoints)
         return classes, checkpoints
 
-    def _views(self, used: dict[str, int]) -> list[NodeView]:
-        views = []
-        for name in used:
-            link = self.ctx.links.get(name)
-            if link is None:  # let go of meanwhile (the share moved)
-                continue
-            classes, checkpoints = self._capabilities(name, link.object_info)
-            # A cordoned or draining node finishes what it holds but is offered nothing new.
-            healthy = link.healthy and name not in self._unavailable
-            fields = {"weight": self._speed(name)[0], **self._meta.get(name, {})}
-            views.append(NodeView(name, healthy, self.settings.node_slots, used[name],
-                                  classes=classes, checkpoints=checkpoints,
-                                  **fields))  # type: ignore[arg-type]
-        return views
+    def _view(self, name: str) -> NodeView | None:
+        """The node as the dispatcher sees it now; None when not linked (let go of)."""
+        link = self.ctx.links.get(name)
+        if link is None or name not in self._used:
+            return None
+        classes, checkpoints = self._capabilities(name, link.object_info)
+        # A cordoned or draining node finishes what it holds but is offered nothing new.
+        healthy = link.healthy and name not in self._unavailable
+        fields = {"weight": self._speed(name)[0], **self._meta.get(name, {})}
+        return NodeView(name, healthy, self.settings.node_slots, self._used[name],
+                        classes=classes, checkpoints=checkpoints,
+                        **fields)  # type: ignore[arg-type]
 
     def _speed(self, name: str) -> tuple[float, str]:
         """The node's relative speed for the dispatcher, and where it comes from: NODE_WEIGHT
@@ -271,50 +279,103 @@ class Scheduler:
             self._needs[task_id] = need_of(record.graph)
         return self._needs[task_id]
 
+    # --- the share's slots and views ------------------------------------------------------------
+    # Counted here (actors/slot_counts.py) and kept in dispatch order (actors/fleet_index.py):
+    # reading every node's count and building every node's view per bind pass cost O(share)
+    # a task. A node's view is built again when something about it changes; every second (the
+    # snapshot) all of them are, with the counts read from Redis.
+    def _released(self, name: str) -> None:
+        if self._used.add(name, -1):
+            self._changed.add(name)
+        self.ctx.wake.set()
+
+    def _health_changed(self, name: str) -> None:
+        self._changed.add(name)
+        self.ctx.wake.set()  # a node came up: bind to it now, not at the next poll
+
+    async def _read_counts(self, names: list[str], everything: bool = False) -> None:
+        """Take counts from Redis; with `everything`, every node's view is built again (its
+        health, Meta, speed and kind as well)."""
+        asked_at = self._used.asking()
+        used = await self.ctx.store.slots_used(names)
+        self._take_counts(used, asked_at, everything)
+
+    def _take_counts(self, used: dict[str, int], asked_at: int, everything: bool) -> None:
+        self._changed |= self._used.read(used, asked_at, self._mine)
+        if everything:
+            self._changed.update(self._fleet.names(), self._used.names())
+
+    def _update_fleet(self) -> None:
+        changed, self._changed = self._changed, set()
+        for name in changed:
+            view = self._view(name)
+            if view is None:
+                self._fleet.remove(name)
+            else:
+                self._fleet.put(view)
+
+    def _choose(self, need: Need, waiting: int) -> NodeView | None:
+        """The dispatcher's choice, checked against the chosen node's current state (its link
+        may have gone down since its view was built): a node whose view was stale is updated
+        and the choice made again."""
+        while True:
+            chosen = self._fleet.choose(need, waiting)
+            if chosen is None:
+                return None
+            now = self._view(chosen.name)
+            if now == chosen:
+                return chosen
+            if now is None:
+                self._fleet.remove(chosen.name)
+            else:
+                self._fleet.put(now)
+
     # --- binding -------------------------------------------------------------------------------
     async def fill_slots(self) -> None:
-        store, slots = self.ctx.store, self.settings.node_slots
+        store, slots, fleet = self.ctx.store, self.settings.node_slots, self._fleet
         while True:
-            used = await store.slots_used(list(self._mine))
-            views = self._views(used)
-            if not any(v.healthy and v.free > 0 for v in views):
+            if self._recount_due:
+                self._recount_due = False
+                await self._read_counts(list(self._mine), everything=True)
+            self._update_fleet()
+            if not fleet.open:
                 if await store.ready_count():
                     metrics.BIND_DECISIONS.labels("no_free_slot").inc()
                 return
             waiting = await store.ready_count()
             bound, releases = 0, self.ctx.releases
-            free = sum(v.free for v in views if v.healthy)
-            # Bind down the looked-at tasks on this one view, counting our own binds into it;
-            # the bind script stays the authority (a slot another worker took meanwhile just
-            # fails the bind). Reading every node's slots once per bind instead cost O(nodes)
-            # Redis work a task.
+            # Bind down the looked-at tasks, counting our own binds as they land.
             for task_id in await store.peek_ready(LOOKAHEAD):
-                if free <= 0:
-                    break  # each look costs a pass over the nodes (ms at 1,000): none is free
-                need = await self._need(task_id)
-                chosen = choose_node(views, need, waiting) if need is not None else None
-                if chosen is not None and await store.bind(
-                        task_id, chosen.name, slots, self.settings.worker_id,
-                        self.settings.lease_ttl_s):
-                    self._needs.pop(task_id, None)
-                    metrics.BIND_DECISIONS.labels("bound").inc()
-                    link = self.ctx.links.get(chosen.name)
-                    if link is None and chosen.name in self._nodes:
-                        link = self._link(chosen.name)  # the share moved during the bind
-                    if link is None:  # the node was removed during the bind
-                        await store.release(chosen.name, task_id)
-                        record = await store.get(task_id)
-                        if record is not None and not record.final:
-                            await store.enqueue_ready(record)
-                        continue
-                    self._start(TaskRun(self.ctx, task_id, link))
-                    bound += 1
-                    waiting -= 1
-                    free -= 1
-                    views = [replace(v, used=v.used + 1) if v.name == chosen.name else v
-                             for v in views]
                 if self.ctx.releases != releases:
                     break  # a slot freed meanwhile (perhaps on a faster node): look again
+                self._update_fleet()
+                if not fleet.open:
+                    break
+                need = await self._need(task_id)
+                chosen = self._choose(need, waiting) if need is not None else None
+                if chosen is None:
+                    continue
+                if not await store.bind(task_id, chosen.name, slots, self.settings.worker_id,
+                                        self.settings.lease_ttl_s):
+                    await self._read_counts([chosen.name])  # perhaps counted too free
+                    continue
+                if self._used.add(chosen.name, +1):
+                    self._changed.add(chosen.name)
+                self._needs.pop(task_id, None)
+                metrics.BIND_DECISIONS.labels("bound").inc()
+                link = self.ctx.links.get(chosen.name)
+                if link is None and chosen.name in self._nodes:
+                    link = self._link(chosen.name)  # the share moved during the bind
+                if link is None:  # the node was removed during the bind
+                    await store.release(chosen.name, task_id)
+                    self._released(chosen.name)
+                    record = await store.get(task_id)
+                    if record is not None and not record.final:
+                        await store.enqueue_ready(record)
+                    continue
+                self._start(TaskRun(self.ctx, task_id, link))
+                bound += 1
+                waiting -= 1
             if not bound:
                 return
 
@@ -365,8 +426,8 @@ class Scheduler:
                 # Its worker died between taking the slot and recording it: nothing reached
                 # the node, so the task simply goes back in line.
                 await store.release(node, task_id)
+                self._released(node)
                 await store.enqueue_ready(record)
-                self.ctx.wake.set()
                 event(log, "task.requeued_unstarted", task_id=task_id, node=node)
                 continue
             # Its node may be another worker's share: link to it until the task ends (taken
@@ -376,6 +437,7 @@ class Scheduler:
                 link = self._link(node)
             if record is None or record.final or link is None:
                 await store.release(node, task_id)
+                self._released(node)
                 if record is not None and not record.final:
                     await self._node_unknown(record, node)
                 continue
@@ -468,8 +530,10 @@ class Scheduler:
             try:
                 store = self.ctx.store
                 links = dict(self.ctx.links)  # links come and go while this awaits
+                asked_at = self._used.asking()
                 used = await store.slots_used(list(links))
                 self._learned = self.ctx.speeds.speeds(links)
+                self._take_counts(used, asked_at, everything=True)  # and the speeds learned
                 snapshots: dict[str, dict[str, Any]] = {}
                 for name, link in links.items():
                     speed, speed_source = self._speed(name)

@@ -34,6 +34,7 @@ def node(name: str, used: int, healthy: bool = True, slots: int = 2,
     ([node("a", 1), node("b", 1)], "a"),
     ([node("slow", 1), node("fast", 2, slots=4, weight=2.0)], "fast"),
     ([node("a", 1, slots=4), node("b", 0, slots=1)], "b"),
+    ([node("a", 0), node("b", 0, weight=1.1)], "b"),  # alike by score: the faster first
 ])
 def test_choose_node(nodes: list[NodeView], expected: str | None) -> None:
     chosen = choose_node(nodes)
